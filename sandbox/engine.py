@@ -1,0 +1,420 @@
+"""The one door to Docker: the only module that imports the `docker` SDK.
+
+Everything else talks to `Engine` in domain words (network, node, exec, kill, events). Engine
+objects carry labels (instance, lab, owner, node) so that they can always be found again from
+the engine alone, which is what reaping and reconciliation rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.types import CancellableStream
+
+logger = logging.getLogger(__name__)
+
+LABEL_INSTANCE = "stacklab.instance"
+LABEL_LAB = "stacklab.lab"
+LABEL_OWNER = "stacklab.owner"
+LABEL_NODE = "stacklab.node"
+LABEL_GROUP = "stacklab.group"
+BASE_IMAGE = "debian:bookworm-slim"
+
+
+class EngineError(Exception):
+    """The engine refused or failed an operation; the message can be shown to a learner."""
+
+
+class EngineUnavailable(EngineError):
+    """No Docker engine answers at the configured address."""
+
+
+@dataclass(frozen=True)
+class Health:
+    command: list[str]
+    interval: float
+    timeout: float
+    retries: int
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True)
+class NodeRun:
+    """Everything needed to start one node of a lab."""
+
+    lab: str  # the lab's short id, as names and labels carry it
+    owner: int
+    name: str
+    group: str
+    image: str
+    ip: str
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    health: Health | None = None
+    memory_bytes: int = 128 * 1024**2
+    cpus: float = 0.5
+    pids: int = 128
+    cap_add: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node as the engine sees it right now."""
+
+    lab: str
+    name: str
+    status: str  # created, running, paused, exited, dead ...
+    health: str | None  # starting, healthy, unhealthy, or None without a health check
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    lab: str
+    name: str
+    action: str  # start, die, stop, pause, unpause, destroy, health_status: healthy ...
+    time: float
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: str
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    subnet: str
+    gateway: str
+
+    def address(self, index: int) -> str:
+        """The index-th host address of the subnet (gateway is .1, nodes start at .10)."""
+        return str(ipaddress.ip_network(self.subnet)[index])
+
+
+def context_digest(context: Path) -> str:
+    """A digest of every file in a build context, so an unchanged context skips the build."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(context)).encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+class Engine:
+    """A Docker engine reached through the docker SDK (DOCKER_HOST, or the local socket)."""
+
+    def __init__(self, instance: str, subnet_pool: str, base_url: str | None = None) -> None:
+        self.instance = instance
+        self.subnet_pool = ipaddress.ip_network(subnet_pool)
+        try:
+            if base_url:
+                self.client = docker.DockerClient(base_url=base_url, version="auto", timeout=60)
+            else:
+                self.client = docker.from_env(timeout=60)
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+        self._subnet_lock = threading.Lock()
+
+    # -- naming -----------------------------------------------------------------------------
+
+    def _network_name(self, lab: str) -> str:
+        return f"stacklab-{lab}"
+
+    def _container_name(self, lab: str, node: str) -> str:
+        return f"stacklab-{lab}-{node}"
+
+    def _labels(self, lab: str, owner: int, **extra: str) -> dict[str, str]:
+        return {LABEL_INSTANCE: self.instance, LABEL_LAB: lab, LABEL_OWNER: str(owner), **extra}
+
+    def _filters(self, lab: str | None = None) -> dict[str, list[str]]:
+        labels = [f"{LABEL_INSTANCE}={self.instance}"]
+        if lab is not None:
+            labels.append(f"{LABEL_LAB}={lab}")
+        return {"label": labels}
+
+    # -- images -----------------------------------------------------------------------------
+
+    def ensure_image(self, context: Path) -> str:
+        """Build the image for a build context unless one for the same content exists."""
+        tag = f"stacklab/{context.name}:{context_digest(context)}"
+        try:
+            self.client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+        try:
+            self.client.images.get(BASE_IMAGE)
+        except docker.errors.ImageNotFound as exc:
+            raise EngineError(f"Base image {BASE_IMAGE} is missing: run scripts/seed-base-image.sh") from exc
+        started = time.monotonic()
+        try:
+            self.client.images.build(
+                path=str(context),
+                tag=tag,
+                pull=False,
+                rm=True,
+                forcerm=True,
+                labels={LABEL_INSTANCE: "image"},
+            )
+        except docker.errors.BuildError as exc:
+            tail = "".join(str(chunk.get("stream", "")) for chunk in exc.build_log)[-800:]
+            raise EngineError(f"Building {context.name} failed: {exc.msg}\n{tail}") from exc
+        logger.info("built image %s in %.1fs", tag, time.monotonic() - started)
+        return tag
+
+    # -- networks ---------------------------------------------------------------------------
+
+    def _used_subnets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        used = []
+        for network in self.client.api.networks():
+            for config in (network.get("IPAM") or {}).get("Config") or []:
+                if config.get("Subnet"):
+                    used.append(ipaddress.ip_network(config["Subnet"], strict=False))
+        return used
+
+    def create_network(self, lab: str, owner: int) -> Network:
+        """A private bridge network for one lab, on a /24 of the pool no other network uses.
+
+        `internal` keeps lab traffic off the outside world; the lab talks only to itself.
+        """
+        name = self._network_name(lab)
+        with self._subnet_lock:
+            try:
+                used = self._used_subnets()
+                for candidate in self.subnet_pool.subnets(new_prefix=24):
+                    if any(candidate.overlaps(other) for other in used):
+                        continue
+                    gateway = str(candidate[1])
+                    ipam = docker.types.IPAMConfig(
+                        pool_configs=[docker.types.IPAMPool(subnet=str(candidate), gateway=gateway)]
+                    )
+                    try:
+                        self.client.networks.create(
+                            name,
+                            driver="bridge",
+                            internal=True,
+                            ipam=ipam,
+                            labels=self._labels(lab, owner),
+                        )
+                    except docker.errors.APIError as exc:
+                        # Another process took this subnet between our look and our create.
+                        if "overlap" in str(exc).lower():
+                            used.append(candidate)
+                            continue
+                        raise
+                    return Network(name=name, subnet=str(candidate), gateway=gateway)
+            except docker.errors.DockerException as exc:
+                raise EngineError(f"Could not create the lab network: {exc}") from exc
+        raise EngineError(f"No free /24 left in the lab subnet pool {self.subnet_pool}")
+
+    # -- nodes ------------------------------------------------------------------------------
+
+    def start_node(self, run: NodeRun, network: Network) -> str:
+        """Create and start one hardened container on the lab network; returns its id."""
+        api = self.client.api
+        host_config = api.create_host_config(
+            mem_limit=run.memory_bytes,
+            memswap_limit=run.memory_bytes,
+            # cpu_period/cpu_quota rather than nano_cpus: a CPU fault can update them later.
+            cpu_period=100_000,
+            cpu_quota=int(run.cpus * 100_000),
+            pids_limit=run.pids,
+            cap_drop=["ALL"],
+            cap_add=run.cap_add or None,
+            security_opt=["no-new-privileges:true"],
+            init=True,
+            privileged=False,
+            network_mode=network.name,
+            # On an internal network, looking up a stopped container's name hangs 20 s before
+            # failing (moby/moby#43430); bounded lookups keep a dead replica from stalling peers.
+            dns_opt=["timeout:1", "attempts:1"],
+            log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "2"}},
+        )
+        networking = api.create_networking_config(
+            {network.name: api.create_endpoint_config(aliases=[run.name], ipv4_address=run.ip)}
+        )
+        healthcheck = None
+        if run.health is not None:
+            seconds = 1_000_000_000
+            healthcheck = {
+                "test": ["CMD", *run.health.command],
+                "interval": int(run.health.interval * seconds),
+                "timeout": int(run.health.timeout * seconds),
+                "retries": run.health.retries,
+                "start_period": int(run.health.start_period * seconds),
+            }
+        try:
+            created = api.create_container(
+                run.image,
+                name=self._container_name(run.lab, run.name),
+                hostname=run.name,
+                command=run.command,
+                environment=run.env,
+                user=run.user or "",
+                labels=self._labels(run.lab, run.owner, **{LABEL_NODE: run.name, LABEL_GROUP: run.group}),
+                host_config=host_config,
+                networking_config=networking,
+                healthcheck=healthcheck,
+            )
+            api.start(created["Id"])
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Could not start node {run.name}: {exc}") from exc
+        return created["Id"]
+
+    def _container(self, lab: str, node: str):  # -> docker.models.containers.Container
+        try:
+            return self.client.containers.get(self._container_name(lab, node))
+        except docker.errors.NotFound as exc:
+            raise EngineError(f"Node {node} does not exist in this lab") from exc
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+
+    def node_statuses(self, lab: str | None = None) -> list[NodeStatus]:
+        """Every node of one lab (or of every lab of this instance), as the engine has them."""
+        try:
+            containers = self.client.api.containers(all=True, filters=self._filters(lab))
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+        statuses = []
+        for summary in containers:
+            labels = summary.get("Labels") or {}
+            status_text = summary.get("Status", "")
+            health = None
+            for word in ("healthy", "unhealthy", "starting"):
+                if f"({word})" in status_text or f"(health: {word})" in status_text:
+                    health = word
+            statuses.append(
+                NodeStatus(
+                    lab=labels.get(LABEL_LAB, ""),
+                    name=labels.get(LABEL_NODE, ""),
+                    status=summary.get("State", ""),
+                    health=health,
+                )
+            )
+        return statuses
+
+    def exec(self, lab: str, node: str, command: list[str], user: str | None = None) -> ExecResult:
+        container = self._container(lab, node)
+        try:
+            exit_code, output = container.exec_run(command, user=user or "", demux=False)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Could not run a command in {node}: {exc}") from exc
+        return ExecResult(exit_code=exit_code, output=(output or b"").decode(errors="replace"))
+
+    def kill_node(self, lab: str, node: str) -> None:
+        try:
+            self._container(lab, node).kill()
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Could not kill {node}: {exc.explanation or exc}") from exc
+
+    def stop_node(self, lab: str, node: str) -> None:
+        try:
+            self._container(lab, node).stop(timeout=5)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Could not stop {node}: {exc.explanation or exc}") from exc
+
+    def pause_node(self, lab: str, node: str) -> None:
+        try:
+            self._container(lab, node).pause()
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Could not pause {node}: {exc.explanation or exc}") from exc
+
+    # -- whole labs -------------------------------------------------------------------------
+
+    def remove_lab(self, lab: str) -> int:
+        """Remove every container and network of a lab; returns how many objects went."""
+        removed = 0
+        try:
+            for container in self.client.containers.list(all=True, filters=self._filters(lab)):
+                try:
+                    container.remove(force=True, v=True)
+                    removed += 1
+                except docker.errors.NotFound:
+                    pass
+            for network in self.client.networks.list(filters=self._filters(lab)):
+                try:
+                    network.remove()
+                    removed += 1
+                except docker.errors.NotFound:
+                    pass
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Could not remove lab {lab}: {exc}") from exc
+        return removed
+
+    def lab_ids(self) -> set[str]:
+        """Every lab id that has a container or a network of this instance on the engine."""
+        try:
+            containers = self.client.api.containers(all=True, filters=self._filters())
+            networks = self.client.api.networks(filters=self._filters())
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+        labels = [c.get("Labels") or {} for c in containers] + [n.get("Labels") or {} for n in networks]
+        return {item[LABEL_LAB] for item in labels if item.get(LABEL_LAB)}
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def events(self, since: float | None = None) -> EventStream:
+        """Container events of this instance's labs; blocks until `close()` from another thread."""
+        try:
+            stream = self.client.events(
+                decode=True,
+                since=int(since) if since else None,
+                filters={"type": "container", **self._filters()},
+            )
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+        return EventStream(stream)
+
+    def follow_output(self, lab: str, node: str) -> Iterator[str]:
+        """Lines a node prints from now on; ends when the container goes away."""
+        container = self._container(lab, node)
+        buffer = b""
+        try:
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=False, since=int(time.time())):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    yield line.decode(errors="replace")
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Lost the output of {node}: {exc}") from exc
+
+
+class EventStream:
+    """Node events from the engine; iterate it, and `close()` it from another thread to stop."""
+
+    def __init__(self, stream: CancellableStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[NodeEvent]:
+        for raw in self._stream:
+            action = raw.get("Action") or raw.get("status") or ""
+            # Health checks run as execs and flood the stream with exec_* events.
+            if action.startswith("exec_"):
+                continue
+            attributes = (raw.get("Actor") or {}).get("Attributes") or {}
+            if LABEL_LAB not in attributes or LABEL_NODE not in attributes:
+                continue
+            yield NodeEvent(
+                lab=attributes[LABEL_LAB],
+                name=attributes[LABEL_NODE],
+                action=action,
+                time=raw.get("timeNano", 0) / 1e9 or float(raw.get("time", time.time())),
+            )
+
+    def close(self) -> None:
+        self._stream.close()

@@ -1,0 +1,366 @@
+"""The lab lifecycle, top to bottom: request, provision, break, solve, extend, stop, reap, reconcile.
+
+    requested -> provisioning -> ready -> stopping -> stopped
+         \\------------\\-----------\\--> failed (with a reason for the learner)
+
+Every move is a compare-and-set on the lab row (`_move`), so a retried or duplicated task finds
+the row already moved and does nothing. The row is written before any engine object exists, and
+engine objects carry the lab id, so whatever a crash leaves behind is found again by the reaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .engine import Engine, EngineError, ExecResult, Health, Network, NodeRun
+from .live import publish
+from .models import Lab, Node, ObjectiveResult
+from .nodestates import state_from_status
+from .payloads import lab_payload, node_payload
+from .specs import LabPackage, NodeSpec, load_lab
+
+logger = logging.getLogger(__name__)
+
+State = Lab.State
+FIRST_NODE_ADDRESS = 10  # .1 is the gateway; nodes take .10, .11, ... in spec order
+HEALTH_POLL_SECONDS = 0.25
+STUCK_STOPPING = timedelta(minutes=2)
+
+
+class LabError(Exception):
+    """Something a learner asked for cannot be done; the message says why."""
+
+
+def connect_engine() -> Engine:
+    """The engine labs run on (DOCKER_HOST, or the local socket)."""
+    return Engine(instance=settings.STACKLAB_INSTANCE, subnet_pool=settings.LAB_SUBNET_POOL)
+
+
+# -- state machine ----------------------------------------------------------------------------
+
+
+def _move(lab_id: Any, expected: Iterable[str], new: str, **fields: Any) -> bool:
+    """Compare-and-set the lab's state; True only for the one caller that moved it."""
+    changed = Lab.objects.filter(pk=lab_id, state__in=list(expected)).update(
+        state=new, updated_at=timezone.now(), **fields
+    )
+    if changed:
+        lab = Lab.objects.get(pk=lab_id)
+        logger.info("lab %s: -> %s %s", lab.short_id, new, fields.get("reason", ""))
+        publish(str(lab.id), lab_payload(lab))
+    return bool(changed)
+
+
+def _step(lab: Lab, message: str) -> None:
+    """Record and announce one provisioning step."""
+    entry = {"at": timezone.now().isoformat(), "message": message}
+    lab.steps = [*lab.steps, entry]
+    lab.save(update_fields=["steps", "updated_at"])
+    publish(str(lab.id), {"type": "step", **entry})
+
+
+def _after_commit(task_name: str, *args: str) -> None:
+    from . import tasks  # tasks import this module; enqueueing is the only way back
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: task.delay(*args))
+
+
+# -- request ----------------------------------------------------------------------------------
+
+
+def request_lab(owner: AbstractBaseUser, lab_slug: str, lesson_slug: str) -> tuple[Lab, bool]:
+    """The learner's live lab for this lesson, created and queued for provisioning if there is
+    none. Safe under double clicks and concurrent requests: the database allows one live lab per
+    learner and lesson, and the loser of a race gets the winner's lab.
+    """
+    load_lab(lab_slug)  # an unknown lab is refused before anything is written
+    live = Lab.objects.filter(owner=owner, lesson_slug=lesson_slug, state__in=Lab.LIVE_STATES)
+    existing = live.first()
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            lab = Lab.objects.create(owner=owner, lab_slug=lab_slug, lesson_slug=lesson_slug)
+    except IntegrityError:
+        return live.get(), False
+    logger.info("lab %s: requested by user %s for %s", lab.short_id, owner.pk, lab_slug)
+    _after_commit("provision_lab", str(lab.id))
+    return lab, True
+
+
+def request_stop(lab: Lab) -> None:
+    if not lab.is_live:
+        raise LabError(f"This lab is already {lab.state}.")
+    _after_commit("stop_lab", str(lab.id))
+
+
+def request_break(lab: Lab) -> None:
+    if lab.state != State.READY:
+        raise LabError("The lab can be broken once it is ready.")
+    _after_commit("break_lab", str(lab.id))
+
+
+# -- provision --------------------------------------------------------------------------------
+
+
+def _node_runs(
+    package: LabPackage, lab: Lab, images: dict[str, str], network: Network
+) -> list[tuple[NodeSpec, NodeRun]]:
+    runs = []
+    index = FIRST_NODE_ADDRESS
+    for node in package.spec.nodes:
+        health = None
+        if node.health:
+            health = Health(
+                command=node.health.command,
+                interval=node.health.interval,
+                timeout=node.health.timeout,
+                retries=node.health.retries,
+                start_period=node.health.start_period,
+            )
+        for instance in node.instances:
+            env = {"REPLICA_NAME": instance, **node.env}
+            runs.append(
+                (
+                    node,
+                    NodeRun(
+                        lab=lab.short_id,
+                        owner=lab.owner_id,
+                        name=instance,
+                        group=node.name,
+                        image=images[node.name],
+                        ip=network.address(index),
+                        command=node.command,
+                        env=env,
+                        user=node.user,
+                        health=health,
+                        memory_bytes=node.limits.memory_bytes,
+                        cpus=node.limits.cpus,
+                        pids=node.limits.pids,
+                        cap_add=node.cap_add,
+                    ),
+                )
+            )
+            index += 1
+    return runs
+
+
+def _wait_healthy(engine: Engine, lab: Lab, names: set[str], deadline: float) -> None:
+    """Poll the engine until every named node serves, or fail with the first that cannot."""
+    while True:
+        statuses = {s.name: s for s in engine.node_statuses(lab.short_id) if s.name in names}
+        waiting = []
+        for name in sorted(names):
+            status = statuses.get(name)
+            if status is None or status.status in {"exited", "dead"}:
+                raise EngineError(f"Node {name} stopped while starting")
+            if state_from_status(status) != Node.State.HEALTHY:
+                waiting.append(name)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise EngineError(f"Timed out waiting for {', '.join(waiting)} to become healthy")
+        time.sleep(HEALTH_POLL_SECONDS)
+
+
+def provision_lab(lab_id: str, engine_factory: Callable[[], Engine] = connect_engine) -> None:
+    """Bring a requested lab to ready.
+
+    1. Claim the row (requested -> provisioning); anyone else finding it claimed stops here.
+    2. Build missing images, create the lab network, write a Node row per container.
+    3. Start nodes in dependency order, each after what it depends on is healthy.
+    4. Wait for all nodes to be healthy, then ready (with its expiry).
+    On any failure, remove what was made and mark the lab failed with a reason.
+    """
+    if not _move(lab_id, [State.REQUESTED], State.PROVISIONING):
+        return
+    lab = Lab.objects.get(pk=lab_id)
+    deadline = time.monotonic() + settings.LAB_PROVISION_TIMEOUT
+    engine: Engine | None = None
+    try:
+        package = load_lab(lab.lab_slug)
+        engine = engine_factory()
+        _step(lab, "Preparing images")
+        images = {node.name: engine.ensure_image(package.build_context(node)) for node in package.spec.nodes}
+        network = engine.create_network(lab.short_id, lab.owner_id)
+        Lab.objects.filter(pk=lab.pk).update(subnet=network.subnet)
+        _step(lab, f"Created network {network.subnet}")
+        runs = _node_runs(package, lab, images, network)
+        Node.objects.bulk_create(
+            Node(lab=lab, name=run.name, group=run.group, role=node.role, ip=run.ip) for node, run in runs
+        )
+        started: dict[str, set[str]] = {}
+        for node in package.spec.start_order():
+            needed = set().union(*(started[group] for group in node.depends_on))
+            if needed:
+                _wait_healthy(engine, lab, needed, deadline)
+            for spec_node, run in runs:
+                if spec_node.name == node.name:
+                    engine.start_node(run, network)
+                    _step(lab, f"Started {run.name}")
+            started[node.name] = set(node.instances)
+        _wait_healthy(engine, lab, {run.name for _, run in runs}, deadline)
+        ObjectiveResult.objects.bulk_create(
+            ObjectiveResult(lab=lab, key=objective.key, reason="Waiting for the first traffic figures")
+            for objective in package.spec.objectives
+        )
+        now = timezone.now()
+        _step(lab, "All nodes healthy")
+        if not _move(
+            lab.pk,
+            [State.PROVISIONING],
+            State.READY,
+            ready_at=now,
+            expires_at=now + timedelta(minutes=package.spec.ttl_minutes),
+        ):
+            # Stopped while we worked: its stop task (or the reaper) removes what we made.
+            logger.info("lab %s: no longer provisioning, leaving cleanup to stop", lab.short_id)
+    except Exception as exc:
+        logger.exception("lab %s: provisioning failed", lab.short_id)
+        reason = str(exc) if isinstance(exc, EngineError) else f"Provisioning failed: {exc}"
+        if engine is not None:
+            try:
+                engine.remove_lab(lab.short_id)
+            except EngineError:
+                logger.exception("lab %s: cleanup failed; the reaper will retry", lab.short_id)
+        _move(lab.pk, [State.PROVISIONING], State.FAILED, reason=reason[:2000], stopped_at=timezone.now())
+
+
+# -- while ready ------------------------------------------------------------------------------
+
+
+def break_lab(lab_id: str, engine_factory: Callable[[], Engine] = connect_engine) -> None:
+    """Run the lab's scripted break (e.g. kill a replica) once it is ready."""
+    lab = Lab.objects.get(pk=lab_id)
+    if lab.state != State.READY:
+        return
+    scripted = load_lab(lab.lab_slug).spec.break_
+    engine = engine_factory()
+    act = {"kill": engine.kill_node, "stop": engine.stop_node, "pause": engine.pause_node}[scripted.action]
+    act(lab.short_id, scripted.node)
+    Lab.objects.filter(pk=lab.pk).update(broken_at=timezone.now())
+    _step(lab, f"Break: {scripted.description}")
+
+
+def run_solution(lab: Lab, engine_factory: Callable[[], Engine] = connect_engine) -> ExecResult:
+    """Run the lab's solution script inside its node."""
+    if lab.state != State.READY:
+        raise LabError("The lab is not running.")
+    package = load_lab(lab.lab_slug)
+    solution = package.spec.solution
+    script = package.read_script(solution.script)
+    return engine_factory().exec(lab.short_id, solution.node, ["sh", "-c", script], user=solution.user)
+
+
+def extend_lab(lab: Lab, minutes: int) -> Lab:
+    """Push the lab's expiry back, up to the spec's maximum lifetime."""
+    if lab.state != State.READY or lab.expires_at is None or lab.ready_at is None:
+        raise LabError("Only a running lab can be extended.")
+    if not 1 <= minutes <= 240:
+        raise LabError("Extend by 1 to 240 minutes.")
+    spec = load_lab(lab.lab_slug).spec
+    limit = lab.ready_at + timedelta(minutes=spec.max_ttl_minutes)
+    wanted = max(lab.expires_at, timezone.now()) + timedelta(minutes=minutes)
+    new_expiry = min(wanted, limit)
+    if new_expiry <= lab.expires_at:
+        raise LabError(f"This lab cannot run longer than {spec.max_ttl_minutes} minutes.")
+    Lab.objects.filter(pk=lab.pk, state=State.READY).update(expires_at=new_expiry)
+    lab.refresh_from_db()
+    publish(str(lab.id), lab_payload(lab))
+    return lab
+
+
+# -- stop, reap, reconcile --------------------------------------------------------------------
+
+
+def stop_lab(lab_id: str, reason: str = "", engine_factory: Callable[[], Engine] = connect_engine) -> None:
+    """Remove everything of a lab from the engine and mark it stopped. Engine errors propagate,
+    leaving the lab in stopping for a retry (the task's, or the reaper's)."""
+    _move(lab_id, [*Lab.LIVE_STATES], State.STOPPING, reason=reason)
+    lab = Lab.objects.get(pk=lab_id)
+    if lab.state != State.STOPPING:
+        return
+    removed = engine_factory().remove_lab(lab.short_id)
+    logger.info("lab %s: removed %d engine objects", lab.short_id, removed)
+    _move(lab.pk, [State.STOPPING], State.STOPPED, stopped_at=timezone.now())
+
+
+def remove_orphans(engine: Engine) -> list[str]:
+    """Remove engine objects whose lab has no row that could still own them."""
+    owned = {lab.short_id for lab in Lab.objects.filter(state__in=[*Lab.LIVE_STATES, State.STOPPING]).only("id")}
+    orphans = sorted(engine.lab_ids() - owned)
+    for short_id in orphans:
+        removed = engine.remove_lab(short_id)
+        logger.info("lab %s: orphan, removed %d engine objects", short_id, removed)
+    return orphans
+
+
+def reap_labs(engine_factory: Callable[[], Engine] = connect_engine) -> dict[str, list[str]]:
+    """Stop expired labs, unstick stuck ones and remove orphans (run by beat)."""
+    now = timezone.now()
+    report: dict[str, list[str]] = {"expired": [], "stuck": [], "orphans": []}
+    for lab in Lab.objects.filter(state=State.READY, expires_at__lt=now):
+        stop_lab(str(lab.id), reason="The lab reached the end of its time.", engine_factory=engine_factory)
+        report["expired"].append(lab.short_id)
+    stuck_before = now - timedelta(seconds=2 * settings.LAB_PROVISION_TIMEOUT)
+    for lab in Lab.objects.filter(state__in=[State.REQUESTED, State.PROVISIONING], updated_at__lt=stuck_before):
+        if _move(
+            lab.pk,
+            [State.REQUESTED, State.PROVISIONING],
+            State.FAILED,
+            reason="Provisioning did not finish in time.",
+            stopped_at=now,
+        ):
+            report["stuck"].append(lab.short_id)
+    for lab in Lab.objects.filter(state=State.STOPPING, updated_at__lt=now - STUCK_STOPPING):
+        stop_lab(str(lab.id), engine_factory=engine_factory)
+        report["stuck"].append(lab.short_id)
+    engine = engine_factory()
+    report["orphans"] = remove_orphans(engine)
+    return report
+
+
+def sync_nodes(lab: Lab, engine: Engine) -> int:
+    """Make Node rows match the engine (events may have been missed); returns how many moved."""
+    statuses = {status.name: status for status in engine.node_statuses(lab.short_id)}
+    moved = 0
+    for node in lab.nodes.all():
+        status = statuses.get(node.name)
+        state = state_from_status(status) if status else Node.State.DOWN
+        if node.state != state and Node.objects.filter(pk=node.pk).update(state=state):
+            node.state = state
+            publish(str(lab.id), node_payload(node))
+            moved += 1
+    return moved
+
+
+def reconcile_labs(engine_factory: Callable[[], Engine] = connect_engine) -> dict[str, list[str]]:
+    """Make rows and engine agree, both ways: a ready lab with nothing on the engine fails, node
+    rows follow the engine, and engine objects without a live row are removed."""
+    engine = engine_factory()
+    report: dict[str, list[str]] = {"vanished": [], "resynced": [], "orphans": []}
+    present = engine.lab_ids()
+    for lab in Lab.objects.filter(state=State.READY):
+        if lab.short_id not in present:
+            if _move(
+                lab.pk,
+                [State.READY],
+                State.FAILED,
+                stopped_at=timezone.now(),
+                reason="The lab's containers disappeared from the Docker engine.",
+            ):
+                report["vanished"].append(lab.short_id)
+        elif sync_nodes(lab, engine):
+            report["resynced"].append(lab.short_id)
+    report["orphans"] = remove_orphans(engine)
+    return report

@@ -1,0 +1,24 @@
+"""Live feedback: every message for a lab's page goes to its channel-layer group from here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+logger = logging.getLogger(__name__)
+
+
+def lab_group(lab_id: str) -> str:
+    """The channel-layer group of one lab (ASCII, well under 100 characters)."""
+    return f"lab.{lab_id}"
+
+
+def publish(lab_id: str, message: dict[str, Any]) -> None:
+    """Send one message to every socket watching the lab. Callable from sync code only."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    async_to_sync(layer.group_send)(lab_group(lab_id), {"type": "lab.message", "message": message})

@@ -1,0 +1,107 @@
+"""Lab state in the database: the lab row and its state machine, its nodes, objective results."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Lab(models.Model):
+    class State(models.TextChoices):
+        REQUESTED = "requested"
+        PROVISIONING = "provisioning"
+        READY = "ready"
+        STOPPING = "stopping"
+        STOPPED = "stopped"
+        FAILED = "failed"
+
+    # A live lab holds (or is about to hold) engine objects; at most one per learner per lesson.
+    LIVE_STATES = (State.REQUESTED, State.PROVISIONING, State.READY)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="labs")
+    lab_slug = models.CharField(max_length=64)
+    lesson_slug = models.CharField(max_length=128)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.REQUESTED)
+    reason = models.TextField(blank=True, help_text="Why the lab failed, written for the learner.")
+    subnet = models.CharField(max_length=32, blank=True)
+    steps = models.JSONField(default=list, help_text="Provisioning steps so far, for catch-up.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    broken_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "lesson_slug"],
+                condition=models.Q(state__in=["requested", "provisioning", "ready"]),
+                name="one_live_lab_per_lesson",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"lab {self.short_id} ({self.lab_slug}, {self.state})"
+
+    @property
+    def short_id(self) -> str:
+        """The id as engine object names carry it."""
+        return self.id.hex[:12]
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in self.LIVE_STATES
+
+
+class Node(models.Model):
+    """One container of a lab, as the watcher last saw it."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        STARTING = "starting"
+        HEALTHY = "healthy"
+        UNHEALTHY = "unhealthy"
+        DOWN = "down"
+        PAUSED = "paused"
+
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="nodes")
+    name = models.CharField(max_length=40)
+    group = models.CharField(max_length=40)
+    role = models.CharField(max_length=16)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    ip = models.CharField(max_length=45, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["lab", "name"], name="one_node_per_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"
+
+
+class ObjectiveResult(models.Model):
+    """The live result of one objective in one lab; `first_met_at` is the learner's progress."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        FAILING = "failing"
+        MET = "met"
+
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="objective_results")
+    key = models.CharField(max_length=40)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    reason = models.CharField(max_length=300, blank=True)
+    first_met_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["lab", "key"], name="one_result_per_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.status}"

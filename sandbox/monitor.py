@@ -1,0 +1,272 @@
+"""The live monitor: follows Docker events and each ready lab's traffic figures, keeps node rows
+and objective results current, and pushes every change to the lab's page.
+
+It is one long-running process (`manage.py watch_labs`), not a Celery task per tick:
+- an events thread turns engine events into node states (the single path for node changes);
+- one follower thread per ready lab reads its traffic node's 1-per-second JSON report, publishes
+  it as a `metrics` message and judges the lab's objectives on it;
+- the main loop starts and ends followers as labs become ready or go away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import close_old_connections, connection
+from django.db.models import DateTimeField, F, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from .engine import Engine, EngineError, NodeEvent
+from .lifecycle import connect_engine, reconcile_labs, sync_nodes
+from .live import publish
+from .models import Lab, Node, ObjectiveResult
+from .nodestates import NOT_SERVING, state_from_event
+from .objectives import Sample, judge
+from .payloads import node_payload, objective_payload
+from .specs import LabSpec, LabSpecError, load_lab
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_SECONDS = 2.0
+SAMPLE_HISTORY = 10  # seconds kept beyond the longest objective window
+
+
+@dataclass
+class LabWatch:
+    """What the monitor knows about one ready lab."""
+
+    lab_id: str
+    short_id: str
+    spec: LabSpec
+    node_states: dict[str, str]
+    samples: deque[Sample] = field(default_factory=deque)
+    verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        return {node.name: node.instances for node in self.spec.nodes}
+
+    def not_serving(self) -> frozenset[str]:
+        with self.lock:
+            return frozenset(name for name, state in self.node_states.items() if state in NOT_SERVING)
+
+
+class Monitor:
+    def __init__(self, engine_factory: Callable[[], Engine] = connect_engine, poll_seconds: float = 1.0) -> None:
+        self.engine_factory = engine_factory
+        self.poll_seconds = poll_seconds
+        self.stopping = threading.Event()
+        self.watches: dict[str, LabWatch] = {}
+        self._short_ids: dict[str, str] = {}  # short id -> lab id, for events
+        self._events_stream: Any = None
+        self._events_thread: threading.Thread | None = None
+
+    # -- main loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until `stop()`: reconcile once, then follow events and labs."""
+        try:
+            report = reconcile_labs(self.engine_factory)
+            logger.info("monitor: reconciled at start %s", report)
+        except EngineError:
+            logger.exception("monitor: reconcile at start failed; continuing")
+        self._events_thread = threading.Thread(target=self._follow_events, name="events", daemon=True)
+        self._events_thread.start()
+        while not self.stopping.is_set():
+            try:
+                self.sync_watches()
+            except Exception:
+                logger.exception("monitor: syncing labs failed")
+            finally:
+                close_old_connections()
+            self.stopping.wait(self.poll_seconds)
+        self._shutdown()
+
+    def start_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="monitor", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._events_stream is not None:
+            self._events_stream.close()
+
+    def _shutdown(self) -> None:
+        for watch in list(self.watches.values()):
+            watch.stop.set()
+        if self._events_stream is not None:
+            self._events_stream.close()
+        for watch in list(self.watches.values()):
+            if watch.thread is not None:
+                watch.thread.join(timeout=5)
+        if self._events_thread is not None:
+            self._events_thread.join(timeout=5)
+        logger.info("monitor: stopped")
+
+    def sync_watches(self) -> None:
+        """Follow every ready lab, and only those."""
+        ready = {str(lab.id): lab for lab in Lab.objects.filter(state=Lab.State.READY)}
+        for lab_id in list(self.watches):
+            if lab_id not in ready:
+                self.watches.pop(lab_id).stop.set()
+                logger.info("lab %s: monitor stops following", lab_id[:12])
+        for lab_id, lab in ready.items():
+            watch = self.watches.get(lab_id)
+            if watch is None:
+                try:
+                    spec = load_lab(lab.lab_slug).spec
+                except LabSpecError:
+                    logger.exception("lab %s: spec unreadable, not followed", lab.short_id)
+                    continue
+                states = {node.name: node.state for node in lab.nodes.all()}
+                watch = LabWatch(lab_id=lab_id, short_id=lab.short_id, spec=spec, node_states=states)
+                watch.verdicts = {result.key: (result.status, result.reason) for result in lab.objective_results.all()}
+                self.watches[lab_id] = watch
+                logger.info("lab %s: monitor follows", lab.short_id)
+            if watch.thread is None or not watch.thread.is_alive():
+                watch.thread = threading.Thread(
+                    target=self._follow_traffic, args=(watch,), name=f"traffic-{lab.short_id}", daemon=True
+                )
+                watch.thread.start()
+
+    # -- node events ------------------------------------------------------------------------
+
+    def _follow_events(self) -> None:
+        """Turn engine events into node states; reconnect and resync when the stream ends."""
+        since: float | None = None
+        while not self.stopping.is_set():
+            try:
+                engine = self.engine_factory()
+                self._events_stream = engine.events(since=since)
+                if since is not None:
+                    self._resync(engine)
+                for event in self._events_stream:
+                    since = event.time
+                    self.handle_event(event)
+            except EngineError:
+                logger.exception("monitor: lost the engine's events")
+            except Exception:
+                logger.exception("monitor: event handling failed")
+            finally:
+                close_old_connections()
+            since = since or time.time()
+            self.stopping.wait(RECONNECT_SECONDS)
+        connection.close()
+
+    def _resync(self, engine: Engine) -> None:
+        for lab in Lab.objects.filter(state__in=[Lab.State.PROVISIONING, Lab.State.READY]):
+            sync_nodes(lab, engine)
+
+    def _lab_id(self, short_id: str) -> str | None:
+        if short_id not in self._short_ids:
+            for lab in Lab.objects.filter(state__in=Lab.LIVE_STATES).only("id"):
+                self._short_ids[lab.short_id] = str(lab.id)
+        return self._short_ids.get(short_id)
+
+    def handle_event(self, event: NodeEvent) -> None:
+        state = state_from_event(event.action)
+        if state is None:
+            return
+        lab_id = self._lab_id(event.lab)
+        if lab_id is None:
+            return
+        changed = (
+            Node.objects.filter(lab_id=lab_id, name=event.name)
+            .exclude(state=state)
+            .update(state=state, updated_at=timezone.now())
+        )
+        watch = self.watches.get(lab_id)
+        if watch is not None:
+            with watch.lock:
+                watch.node_states[event.name] = state
+        if changed:
+            logger.info("lab %s: node %s %s (%s)", event.lab, event.name, state, event.action)
+            node = Node.objects.get(lab_id=lab_id, name=event.name)
+            publish(lab_id, node_payload(node))
+
+    # -- traffic and objectives -------------------------------------------------------------
+
+    def _follow_traffic(self, watch: LabWatch) -> None:
+        engine = self.engine_factory()
+        try:
+            for line in engine.follow_output(watch.short_id, watch.spec.traffic.node):
+                if watch.stop.is_set() or self.stopping.is_set():
+                    break
+                if line.startswith("{"):
+                    self.handle_report(watch, line)
+        except EngineError as exc:
+            logger.info("lab %s: traffic figures ended (%s)", watch.short_id, exc)
+        except Exception:
+            logger.exception("lab %s: traffic follower failed", watch.short_id)
+        finally:
+            connection.close()
+        # The main loop restarts a follower that ended while its lab is still ready.
+        watch.stop.wait(RECONNECT_SECONDS)
+
+    def handle_report(self, watch: LabWatch, line: str) -> None:
+        """One traffic report: publish it, then judge the objectives on the updated window."""
+        try:
+            report = json.loads(line)
+            sample = Sample.from_report(report, watch.not_serving())
+        except (ValueError, KeyError, TypeError):
+            logger.warning("lab %s: unreadable traffic report %r", watch.short_id, line[:200])
+            return
+        publish(
+            watch.lab_id,
+            {
+                "type": "metrics",
+                "t": sample.t,
+                "rps": report.get("rps", 0.0),
+                "p50_ms": report.get("p50_ms"),
+                "p95_ms": sample.p95_ms,
+                "error_rate": report.get("error_rate", 0.0),
+                "completed": sample.completed,
+                "errors": sample.errors,
+                "replicas": report.get("replicas", {}),
+            },
+        )
+        watch.samples.append(sample)
+        horizon = max(objective.check.window for objective in watch.spec.objectives) + SAMPLE_HISTORY
+        while watch.samples and watch.samples[0].t < sample.t - horizon:
+            watch.samples.popleft()
+        for objective in watch.spec.objectives:
+            previous = watch.verdicts.get(objective.key, (ObjectiveResult.Status.PENDING, ""))
+            verdict = judge(objective.check, list(watch.samples), watch.groups, previous[0])
+            if verdict is None or (verdict.status, verdict.reason) == previous:
+                continue
+            watch.verdicts[objective.key] = (verdict.status, verdict.reason)
+            self._record(
+                watch,
+                objective.key,
+                objective.title,
+                verdict.status,
+                verdict.reason,
+                status_changed=verdict.status != previous[0],
+            )
+
+    def _record(self, watch: LabWatch, key: str, title: str, status: str, reason: str, status_changed: bool) -> None:
+        """Store a changed status (the learner's progress) and push every change to the page."""
+        results = ObjectiveResult.objects.filter(lab_id=watch.lab_id, key=key)
+        if status_changed:
+            fields: dict[str, Any] = {"status": status, "reason": reason, "updated_at": timezone.now()}
+            if status == ObjectiveResult.Status.MET:
+                fields["first_met_at"] = Coalesce(
+                    F("first_met_at"), Value(timezone.now(), output_field=DateTimeField())
+                )
+            results.update(**fields)
+            logger.info("lab %s: objective %s %s: %s", watch.short_id, key, status, reason)
+        result = results.first() or ObjectiveResult(key=key)
+        result.status, result.reason = status, reason
+        publish(watch.lab_id, objective_payload(result, title))

@@ -1,0 +1,72 @@
+"""The JSON shapes of labs, nodes and objectives, shared by the HTTP API and the WebSocket."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from .models import Lab, Node, ObjectiveResult
+from .specs import LabSpecError, load_lab
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def node_payload(node: Node) -> dict[str, Any]:
+    return {"type": "node", "name": node.name, "group": node.group, "role": node.role, "state": node.state}
+
+
+def objective_payload(result: ObjectiveResult, title: str) -> dict[str, Any]:
+    return {
+        "type": "objective",
+        "key": result.key,
+        "title": title,
+        "status": result.status,
+        "reason": result.reason,
+        "first_met_at": _iso(result.first_met_at),
+    }
+
+
+def lab_payload(lab: Lab) -> dict[str, Any]:
+    """The lab's state as one message: what a page needs to draw itself from scratch."""
+    seconds_left = None
+    if lab.expires_at and lab.is_live:
+        seconds_left = max(0, int((lab.expires_at - timezone.now()).total_seconds()))
+    return {
+        "type": "lab",
+        "id": str(lab.id),
+        "lab": lab.lab_slug,
+        "lesson": lab.lesson_slug,
+        "state": lab.state,
+        "reason": lab.reason,
+        "created_at": _iso(lab.created_at),
+        "ready_at": _iso(lab.ready_at),
+        "broken_at": _iso(lab.broken_at),
+        "expires_at": _iso(lab.expires_at),
+        "seconds_left": seconds_left,
+    }
+
+
+def snapshot_payload(lab: Lab) -> dict[str, Any]:
+    """Everything about a lab at once, sent when a socket (re)connects so the page catches up."""
+    titles: dict[str, str] = {}
+    try:
+        spec = load_lab(lab.lab_slug).spec
+        titles = {objective.key: objective.title for objective in spec.objectives}
+        objective_keys = [objective.key for objective in spec.objectives]
+    except LabSpecError:
+        objective_keys = []
+    results = {result.key: result for result in lab.objective_results.all()}
+    objectives = [
+        objective_payload(results.get(key) or ObjectiveResult(key=key), titles.get(key, key)) for key in objective_keys
+    ]
+    return {
+        "type": "snapshot",
+        "lab": lab_payload(lab),
+        "steps": lab.steps,
+        "nodes": [node_payload(node) for node in lab.nodes.all()],
+        "objectives": objectives,
+    }

@@ -1,0 +1,274 @@
+"""Lab packages: the one loader that turns `labs/<slug>/lab.yaml` into typed objects.
+
+Specs are validated here, once; code past the loader trusts these objects. Errors name the file
+and the key that is wrong, written for the instructor who wrote it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME = r"^[a-z][a-z0-9-]{0,30}$"
+SPEC_FILE = "lab.yaml"
+
+
+class LabSpecError(Exception):
+    """A lab package is missing or malformed; the message names the file and the key."""
+
+
+class LabNotFound(LabSpecError):
+    pass
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthSpec(Strict):
+    command: list[str] = Field(min_length=1)
+    interval: float = Field(default=1.0, gt=0)
+    timeout: float = Field(default=2.0, gt=0)
+    retries: int = Field(default=3, ge=1)
+    start_period: float = Field(default=0.0, ge=0)
+
+
+MEMORY = re.compile(r"^(\d+)([kmg])$")
+
+
+class LimitsSpec(Strict):
+    memory: str = "128m"
+    cpus: float = Field(default=0.5, gt=0, le=4)
+    pids: int = Field(default=128, ge=16, le=4096)
+
+    @field_validator("memory")
+    @classmethod
+    def memory_has_a_unit(cls, value: str) -> str:
+        if not MEMORY.match(value.lower()):
+            raise ValueError("memory must look like 64m, 512m or 1g")
+        return value.lower()
+
+    @property
+    def memory_bytes(self) -> int:
+        match = MEMORY.match(self.memory)
+        assert match  # checked by the validator
+        number, unit = match.groups()
+        return int(number) * {"k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+ALLOWED_CAPS = {"NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW", "CHOWN", "SETUID", "SETGID", "KILL"}
+
+
+class NodeSpec(Strict):
+    name: Annotated[str, Field(pattern=NAME)]
+    role: Literal["lb", "app", "cache", "db", "traffic", "other"] = "other"
+    build: str
+    replicas: int = Field(default=1, ge=1, le=8)
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    user: str | None = None
+    health: HealthSpec | None = None
+    limits: LimitsSpec = LimitsSpec()
+    cap_add: list[str] = []
+    depends_on: list[str] = []
+
+    @field_validator("cap_add")
+    @classmethod
+    def caps_are_known(cls, caps: list[str]) -> list[str]:
+        unknown = sorted(set(caps) - ALLOWED_CAPS)
+        if unknown:
+            raise ValueError(f"capabilities not allowed: {', '.join(unknown)}")
+        return caps
+
+    @property
+    def instances(self) -> list[str]:
+        """Instance names: `app` with 3 replicas is app-1, app-2, app-3; a single node keeps its
+        name."""
+        if self.replicas == 1:
+            return [self.name]
+        return [f"{self.name}-{index}" for index in range(1, self.replicas + 1)]
+
+
+class TrafficSpec(Strict):
+    node: str
+    description: str = ""
+
+
+class BreakSpec(Strict):
+    action: Literal["kill", "stop", "pause"]
+    node: str
+    description: str
+
+
+class MetricCheck(Strict):
+    kind: Literal["metric"]
+    metric: Literal["error_rate", "p95_ms"]
+    below: float = Field(gt=0)
+    window: int = Field(ge=3, le=600, description="seconds the condition must hold")
+    while_down: str | None = Field(default=None, description="node group: judged only while one of its nodes is down")
+
+
+ObjectiveCheck = Annotated[MetricCheck, Field(discriminator="kind")]
+
+
+class ObjectiveSpec(Strict):
+    key: Annotated[str, Field(pattern=NAME)]
+    title: str
+    description: str = ""
+    check: ObjectiveCheck
+
+
+class SolutionSpec(Strict):
+    node: str
+    script: str
+    user: str | None = None
+
+
+class LabSpec(Strict):
+    slug: Annotated[str, Field(pattern=NAME)]
+    title: str
+    summary: str = ""
+    ttl_minutes: int = Field(default=60, ge=5, le=480)
+    max_ttl_minutes: int = Field(default=180, ge=5, le=1440)
+    nodes: list[NodeSpec] = Field(min_length=1)
+    traffic: TrafficSpec
+    break_: BreakSpec = Field(alias="break")
+    objectives: list[ObjectiveSpec] = Field(min_length=1)
+    hints: list[str] = []
+    solution: SolutionSpec
+
+    @model_validator(mode="after")
+    def references_resolve(self) -> LabSpec:
+        groups = {node.name for node in self.nodes}
+        instances = {name for node in self.nodes for name in node.instances}
+        if len(groups) != len(self.nodes):
+            raise ValueError("nodes: two nodes share a name")
+        for node in self.nodes:
+            for dependency in node.depends_on:
+                if dependency not in groups:
+                    raise ValueError(f"nodes.{node.name}.depends_on: no node named {dependency!r}")
+        if self.traffic.node not in instances:
+            raise ValueError(f"traffic.node: no node named {self.traffic.node!r}")
+        if self.break_.node not in instances:
+            raise ValueError(f"break.node: no node named {self.break_.node!r}")
+        if self.solution.node not in instances:
+            raise ValueError(f"solution.node: no node named {self.solution.node!r}")
+        keys = [objective.key for objective in self.objectives]
+        if len(set(keys)) != len(keys):
+            raise ValueError("objectives: two objectives share a key")
+        for objective in self.objectives:
+            group = objective.check.while_down
+            if group is not None and group not in groups:
+                raise ValueError(f"objectives.{objective.key}.check.while_down: no node {group!r}")
+        if self.max_ttl_minutes < self.ttl_minutes:
+            raise ValueError("max_ttl_minutes must be at least ttl_minutes")
+        return self
+
+    def node(self, group: str) -> NodeSpec:
+        return next(node for node in self.nodes if node.name == group)
+
+    def group_of(self, instance: str) -> str:
+        return next(node.name for node in self.nodes if instance in node.instances)
+
+    def objective(self, key: str) -> ObjectiveSpec:
+        return next(objective for objective in self.objectives if objective.key == key)
+
+    def start_order(self) -> list[NodeSpec]:
+        """Nodes ordered so that each starts after what it depends on (spec order otherwise)."""
+        ordered: list[NodeSpec] = []
+        placed: set[str] = set()
+        pending = list(self.nodes)
+        while pending:
+            ready = [node for node in pending if set(node.depends_on) <= placed]
+            if not ready:
+                raise LabSpecError(f"lab {self.slug}: nodes.depends_on has a cycle")
+            for node in ready:
+                ordered.append(node)
+                placed.add(node.name)
+                pending.remove(node)
+        return ordered
+
+
+@dataclass(frozen=True)
+class LabPackage:
+    """A validated lab spec and the folder its relative paths are resolved against."""
+
+    spec: LabSpec
+    root: Path
+
+    @property
+    def slug(self) -> str:
+        return self.spec.slug
+
+    def build_context(self, node: NodeSpec) -> Path:
+        return (self.root / node.build).resolve()
+
+    def read_script(self, relative: str) -> str:
+        return (self.root / relative).read_text()
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid lab spec"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_lab(path: Path) -> LabPackage:
+    """Parse and validate one lab spec file, checking that the files it names exist."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise LabNotFound(f"{path}: no such lab spec") from exc
+    except yaml.YAMLError as exc:
+        raise LabSpecError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LabSpecError(f"{path}: a lab spec is a mapping of keys to values")
+    try:
+        spec = LabSpec.model_validate(data)
+    except ValidationError as exc:
+        raise LabSpecError(_format_validation_error(path, exc)) from exc
+    if spec.slug != path.parent.name:
+        raise LabSpecError(f"{path}: slug {spec.slug!r} must match the folder {path.parent.name!r}")
+    package = LabPackage(spec=spec, root=path.parent.resolve())
+    labs_root = path.parent.parent.resolve()
+    for node in spec.nodes:
+        context = package.build_context(node)
+        if not context.is_relative_to(labs_root):
+            raise LabSpecError(f"{path}: nodes.{node.name}.build must stay inside {labs_root}")
+        if not (context / "Dockerfile").is_file():
+            raise LabSpecError(f"{path}: nodes.{node.name}.build: no Dockerfile in {context}")
+    if not (package.root / spec.solution.script).is_file():
+        raise LabSpecError(f"{path}: solution.script: no file {spec.solution.script!r}")
+    return package
+
+
+@cache
+def _load_cached(path: Path, mtime: float) -> LabPackage:
+    return parse_lab(path)
+
+
+def load_lab(slug: str) -> LabPackage:
+    """The lab package called `slug`, re-read when its spec file changes."""
+    if not re.match(NAME, slug):
+        raise LabNotFound(f"no lab called {slug!r}")
+    path = Path(settings.LABS_DIR) / slug / SPEC_FILE
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError as exc:
+        raise LabNotFound(f"no lab called {slug!r}") from exc
+    return _load_cached(path, mtime)
+
+
+def list_labs() -> list[str]:
+    root = Path(settings.LABS_DIR)
+    return sorted(spec.parent.name for spec in root.glob(f"*/{SPEC_FILE}"))

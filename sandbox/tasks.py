@@ -1,0 +1,42 @@
+"""Celery tasks: thin wrappers that hand a lab id to the lifecycle. Bodies stay a line or two."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import lifecycle
+from .engine import EngineError
+
+# Engine work is idempotent (compare-and-set on the lab state), so it is safe to redeliver a task
+# whose worker died (acks_late + reject_on_worker_lost) and to retry on engine errors.
+ENGINE_TASK = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "soft_time_limit": 300,
+    "time_limit": 360,
+}
+
+
+@shared_task(**ENGINE_TASK)
+def provision_lab(lab_id: str) -> None:
+    lifecycle.provision_lab(lab_id)
+
+
+@shared_task(autoretry_for=(EngineError,), retry_backoff=2, max_retries=5, **ENGINE_TASK)
+def stop_lab(lab_id: str) -> None:
+    lifecycle.stop_lab(lab_id, reason="Stopped by the learner.")
+
+
+@shared_task(autoretry_for=(EngineError,), retry_backoff=1, max_retries=3, **ENGINE_TASK)
+def break_lab(lab_id: str) -> None:
+    lifecycle.break_lab(lab_id)
+
+
+@shared_task(**ENGINE_TASK)
+def reap_labs() -> dict[str, list[str]]:
+    return lifecycle.reap_labs()
+
+
+@shared_task(**ENGINE_TASK)
+def reconcile_labs() -> dict[str, list[str]]:
+    return lifecycle.reconcile_labs()

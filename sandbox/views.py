@@ -1,0 +1,88 @@
+"""The lab HTTP API: status, stop, extend, break. Thin: parse, check access, call the lifecycle."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET, require_POST
+
+from . import lifecycle
+from .access import get_lab_for_user
+from .payloads import lab_payload, snapshot_payload
+
+View = Callable[..., HttpResponse]
+
+
+def api_login_required(view: View) -> View:
+    """Like login_required, but answers a tool with 401 JSON instead of a login page redirect."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return JsonResponse({"error": "Log in first."}, status=401)
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def json_body(request: HttpRequest) -> dict[str, Any]:
+    if not request.body:
+        return {}
+    try:
+        body = json.loads(request.body)
+    except ValueError as exc:
+        raise lifecycle.LabError("The request body must be JSON.") from exc
+    if not isinstance(body, dict):
+        raise lifecycle.LabError("The request body must be a JSON object.")
+    return body
+
+
+def refused(error: lifecycle.LabError) -> JsonResponse:
+    return JsonResponse({"error": str(error)}, status=409)
+
+
+@require_GET
+@api_login_required
+def lab_status(request: HttpRequest, lab_id: str) -> JsonResponse:
+    lab = get_lab_for_user(request.user, lab_id)
+    return JsonResponse(snapshot_payload(lab))
+
+
+@require_POST
+@api_login_required
+def stop_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
+    lab = get_lab_for_user(request.user, lab_id, write=True)
+    try:
+        lifecycle.request_stop(lab)
+    except lifecycle.LabError as error:
+        return refused(error)
+    return JsonResponse(lab_payload(lab), status=202)
+
+
+@require_POST
+@api_login_required
+def extend_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
+    lab = get_lab_for_user(request.user, lab_id, write=True)
+    try:
+        minutes = json_body(request).get("minutes", 30)
+        if not isinstance(minutes, int) or isinstance(minutes, bool):
+            raise lifecycle.LabError('"minutes" must be a whole number.')
+        lab = lifecycle.extend_lab(lab, minutes)
+    except lifecycle.LabError as error:
+        return refused(error)
+    return JsonResponse(lab_payload(lab))
+
+
+@require_POST
+@api_login_required
+def break_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
+    lab = get_lab_for_user(request.user, lab_id, write=True)
+    try:
+        lifecycle.request_break(lab)
+    except lifecycle.LabError as error:
+        return refused(error)
+    return JsonResponse(lab_payload(lab), status=202)

@@ -1,0 +1,5 @@
+"""Stacklab project package: settings, URLs, ASGI and the Celery app."""
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,175 @@
+"""Stacklab settings: every value comes from the environment, with a default that works for a
+newcomer (SQLite, a Redis that `make run` starts on a socket under .run/, the local Docker engine).
+Production differences are environment values, not a second settings file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+RUN_DIR = Path(os.environ.get("STACKLAB_RUN_DIR", BASE_DIR / ".run"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "dev-only-insecure-key-set-SECRET_KEY-in-production"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "course",
+    "sandbox",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "stacklab.urls"
+ASGI_APPLICATION = "stacklab.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite for a newcomer; PostgreSQL in production and CI through DATABASE_URL.
+DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{RUN_DIR / 'stacklab.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server, the worker and the watcher all write: wait for the lock instead of failing,
+    # and take it up front so a read-then-write transaction cannot deadlock.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    # Tests run threads (the monitor, racing launches) against the database: a file behaves like
+    # production SQLite, where an in-memory shared cache would fail with table locks instead.
+    DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / "test-stacklab.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Redis carries the Celery broker and the channel layer. Unset, it is the private Redis that
+# `make run` starts on a Unix socket, so nothing clashes with a Redis already on the machine.
+REDIS_URL = os.environ.get("REDIS_URL", f"unix://{RUN_DIR / 'redis.sock'}")
+IS_PRIVATE_REDIS = "REDIS_URL" not in os.environ
+
+
+def celery_broker_url(redis_url: str) -> str:
+    """Celery spells a Redis Unix socket `redis+socket://`, redis-py spells it `unix://`."""
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url.removeprefix("unix://")
+    return redis_url
+
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_PREFIX", "stacklab")},
+    }
+}
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", celery_broker_url(REDIS_URL))
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Unacked tasks come back after this long; provisioning is far shorter, so a lost worker's lab
+# is retried rather than forgotten.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 900}
+CELERY_BEAT_SCHEDULE_FILENAME = str(RUN_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "reap-labs": {"task": "sandbox.tasks.reap_labs", "schedule": 30.0},
+    "reconcile-labs": {"task": "sandbox.tasks.reconcile_labs", "schedule": 60.0},
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "course:index"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}
+
+# --- Stacklab ---
+# Where lab packages and lessons live (content in git).
+LABS_DIR = Path(os.environ.get("STACKLAB_LABS_DIR", BASE_DIR / "labs"))
+LESSONS_DIR = Path(os.environ.get("STACKLAB_LESSONS_DIR", BASE_DIR / "course" / "lessons"))
+# Engine objects carry this label, so two Stacklab installs (or a test run beside `make run`)
+# on one Docker engine never reap each other's labs.
+STACKLAB_INSTANCE = os.environ.get("STACKLAB_INSTANCE", "default")
+# Per-lab /24 networks are carved from this pool, so many labs never exhaust Docker's own pools.
+LAB_SUBNET_POOL = os.environ.get("LAB_SUBNET_POOL", "10.213.0.0/16")
+LAB_PROVISION_TIMEOUT = int(os.environ.get("LAB_PROVISION_TIMEOUT", "180"))
+# Demo accounts are created by `manage.py setup_demo` (run by `make run`) unless turned off.
+DEMO_PASSWORD = os.environ.get("DEMO_PASSWORD", "stacklab-demo")
+
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# Under pytest: labs get their own engine label (the suite reaps only its own objects, never a
+# `make run` on the same engine), tasks are called directly rather than sent to a worker, and the
+# channel layer keeps its keys apart.
+TESTING = "pytest" in sys.modules
+if TESTING:
+    STACKLAB_INSTANCE = os.environ.get("STACKLAB_TEST_INSTANCE", "test")
+    CELERY_BROKER_URL = "memory://"
+    CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = "stacklab-test"

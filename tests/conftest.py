@@ -1,0 +1,155 @@
+"""Shared fixtures: users, a fake engine for lifecycle unit tests, and the real engine and Redis
+for the tests marked `docker` / `redis`.
+
+With STACKLAB_REQUIRE_ALL=1 (set by `make test`, so by CI) a missing engine or Redis fails the
+run instead of skipping: nothing may quietly not run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from sandbox.access import INSTRUCTORS_GROUP
+from sandbox.engine import Engine, EngineError, EngineUnavailable, ExecResult, Network, NodeRun, NodeStatus
+
+REQUIRE_ALL = os.environ.get("STACKLAB_REQUIRE_ALL") == "1"
+
+
+def unavailable(what: str) -> None:
+    if REQUIRE_ALL:
+        pytest.fail(f"{what} is required by this run (STACKLAB_REQUIRE_ALL=1) but not available")
+    pytest.skip(f"{what} not available")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if REQUIRE_ALL and skipped and session.exitstatus == 0:
+        reporter.write_line(f"{skipped} test(s) skipped while STACKLAB_REQUIRE_ALL=1: failing the run", red=True)
+        session.exitstatus = 1
+
+
+@pytest.fixture
+def make_user(db: None) -> Callable[..., User]:
+    def make(username: str = "learner", *, instructor: bool = False) -> User:
+        user = User.objects.create_user(username=username, password="pw-" + username)
+        if instructor:
+            user.groups.add(Group.objects.get_or_create(name=INSTRUCTORS_GROUP)[0])
+        return user
+
+    return make
+
+
+@pytest.fixture
+def learner(make_user: Callable[..., User]) -> User:
+    return make_user("learner")
+
+
+class FakeEngine:
+    """Stands in for Docker in lifecycle unit tests: records what it was asked to do. The
+    `docker`-marked tests prove the real Engine does the same against a real engine."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[tuple[str, str], str] = {}  # (lab, node) -> status
+        self.networks: set[str] = set()
+        self.fail_on_start: str | None = None
+        self.removed: list[str] = []
+        self.images: list[Path] = []
+
+    def ensure_image(self, context: Path) -> str:
+        self.images.append(context)
+        return f"fake/{context.name}:1"
+
+    def create_network(self, lab: str, owner: int) -> Network:
+        self.networks.add(lab)
+        return Network(name=f"net-{lab}", subnet="10.213.7.0/24", gateway="10.213.7.1")
+
+    def start_node(self, run: NodeRun, network: Network) -> str:
+        if run.name == self.fail_on_start:
+            raise EngineError(f"Could not start node {run.name}: no space left on device")
+        self.nodes[(run.lab, run.name)] = "running"
+        return f"id-{run.name}"
+
+    def node_statuses(self, lab: str | None = None) -> list[NodeStatus]:
+        return [
+            NodeStatus(lab=l, name=n, status=s, health="healthy" if s == "running" else None)
+            for (l, n), s in self.nodes.items()
+            if lab is None or l == lab
+        ]
+
+    def exec(self, lab: str, node: str, command: list[str], user: str | None = None) -> ExecResult:
+        return ExecResult(exit_code=0, output="ok")
+
+    def kill_node(self, lab: str, node: str) -> None:
+        self.nodes[(lab, node)] = "exited"
+
+    def stop_node(self, lab: str, node: str) -> None:
+        self.nodes[(lab, node)] = "exited"
+
+    def pause_node(self, lab: str, node: str) -> None:
+        self.nodes[(lab, node)] = "paused"
+
+    def remove_lab(self, lab: str) -> int:
+        self.removed.append(lab)
+        gone = [key for key in self.nodes if key[0] == lab]
+        for key in gone:
+            del self.nodes[key]
+        had_network = lab in self.networks
+        self.networks.discard(lab)
+        return len(gone) + had_network
+
+    def lab_ids(self) -> set[str]:
+        return {lab for lab, _ in self.nodes} | self.networks
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    """The real Docker engine, with every lab image built (cached), for `docker` tests."""
+    from django.conf import settings
+
+    from sandbox.lifecycle import connect_engine
+    from sandbox.specs import list_labs, load_lab
+
+    try:
+        real = connect_engine()
+        real.client.ping()
+    except (EngineUnavailable, Exception) as exc:  # noqa: BLE001 - any failure means "no engine"
+        unavailable(f"Docker engine ({exc})")
+    assert settings.STACKLAB_INSTANCE != "default", "tests must never label objects as the default instance"
+    for slug in list_labs():
+        package = load_lab(slug)
+        for node in package.spec.nodes:
+            real.ensure_image(package.build_context(node))
+    yield real
+    for lab in real.lab_ids():
+        real.remove_lab(lab)
+
+
+@pytest.fixture
+def redis_channel_layer(settings) -> None:  # noqa: ANN001 - pytest-django's settings fixture
+    """Require the real Redis channel layer (REDIS_URL) for tests that publish across threads."""
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {settings.REDIS_URL} ({exc})")
+
+
+@pytest.fixture(autouse=True)
+def _channel_layer_per_marker(request: pytest.FixtureRequest, settings) -> None:  # noqa: ANN001
+    """Tests not marked `redis` get an in-memory channel layer, so they need no Redis."""
+    if request.node.get_closest_marker("redis") is None:
+        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    else:
+        request.getfixturevalue("redis_channel_layer")

@@ -1,0 +1,128 @@
+"""The lab WebSocket through the real ASGI application: owner and instructors are let in and get
+a snapshot, everyone else is refused, bad messages get an error frame and the socket stays up."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import Client
+
+from sandbox import lifecycle
+from sandbox.live import lab_group
+from sandbox.models import Lab
+from stacklab.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def headers_for(user: User | None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"origin", b"http://testserver")]
+    if user is not None:
+        client = Client()
+        client.force_login(user)
+        cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+        headers.append((b"cookie", cookie.encode()))
+    return headers
+
+
+@database_sync_to_async
+def setup_lab(username: str = "learner") -> tuple[User, Lab]:
+    user = User.objects.create_user(username=username, password="pw")
+    lab, _ = lifecycle.request_lab(user, "scaling-load-balancer", "load-balancing")
+    return user, lab
+
+
+async def connect(user: User | None, lab: Lab) -> tuple[WebsocketCommunicator, bool, int | None]:
+    headers = await database_sync_to_async(headers_for)(user)
+    communicator = WebsocketCommunicator(application, f"/ws/labs/{lab.id}/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+async def test_owner_gets_a_snapshot_then_live_messages() -> None:
+    user, lab = await setup_lab()
+    communicator, connected, _ = await connect(user, lab)
+    try:
+        assert connected
+        snapshot = await communicator.receive_json_from()
+        assert snapshot["type"] == "snapshot"
+        assert snapshot["lab"]["id"] == str(lab.id)
+        assert snapshot["lab"]["state"] == "requested"
+        await get_channel_layer().group_send(
+            lab_group(str(lab.id)),
+            {"type": "lab.message", "message": {"type": "node", "name": "app-2", "state": "down"}},
+        )
+        assert await communicator.receive_json_from() == {"type": "node", "name": "app-2", "state": "down"}
+    finally:
+        await communicator.disconnect()
+
+
+async def test_another_learner_is_refused() -> None:
+    _, lab = await setup_lab()
+    stranger = await database_sync_to_async(User.objects.create_user)(username="mallory", password="pw")
+    communicator, connected, code = await connect(stranger, lab)
+    assert not connected
+    assert code == 4404
+    await communicator.disconnect()
+
+
+async def test_anonymous_is_refused() -> None:
+    _, lab = await setup_lab()
+    communicator, connected, code = await connect(None, lab)
+    assert not connected
+    assert code == 4401
+    await communicator.disconnect()
+
+
+async def test_instructor_may_watch() -> None:
+    _, lab = await setup_lab()
+
+    @database_sync_to_async
+    def make_instructor() -> User:
+        from django.contrib.auth.models import Group
+
+        user = User.objects.create_user(username="teacher", password="pw")
+        user.groups.add(Group.objects.get_or_create(name="instructors")[0])
+        return user
+
+    communicator, connected, _ = await connect(await make_instructor(), lab)
+    try:
+        assert connected
+        assert (await communicator.receive_json_from())["type"] == "snapshot"
+    finally:
+        await communicator.disconnect()
+
+
+async def test_malformed_messages_get_an_error_and_the_socket_stays_up() -> None:
+    user, lab = await setup_lab()
+    communicator, _, _ = await connect(user, lab)
+    try:
+        await communicator.receive_json_from()  # snapshot
+        await communicator.send_to(text_data="{not json")
+        assert await communicator.receive_json_from() == {"type": "error", "message": "Messages must be JSON objects."}
+        await communicator.send_json_to([1, 2])
+        assert (await communicator.receive_json_from())["type"] == "error"
+        await communicator.send_json_to({"type": "launch-missiles"})
+        assert await communicator.receive_json_from() == {
+            "type": "error",
+            "message": "Unknown message type 'launch-missiles'.",
+        }
+        await communicator.send_json_to({"type": "ping"})
+        assert await communicator.receive_json_from() == {"type": "pong"}
+    finally:
+        await communicator.disconnect()
+
+
+async def test_foreign_origin_is_refused() -> None:
+    user, lab = await setup_lab()
+    headers = [h for h in await database_sync_to_async(headers_for)(user) if h[0] != b"origin"]
+    communicator = WebsocketCommunicator(
+        application, f"/ws/labs/{lab.id}/", headers=[*headers, (b"origin", b"http://evil.example")]
+    )
+    connected, _ = await communicator.connect()
+    assert not connected
+    await communicator.disconnect()

@@ -1,0 +1,214 @@
+"""The lab state machine over a fake engine: launch is idempotent, provisioning cleans up after
+itself, stop/reap/reconcile leave rows and engine agreeing. (test_docker_lab.py proves the same
+against the real engine.)"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from sandbox import lifecycle
+from sandbox.engine import EngineUnavailable
+from sandbox.models import Lab, Node, ObjectiveResult
+from sandbox.specs import LabNotFound
+from tests.conftest import FakeEngine
+
+LAB = "scaling-load-balancer"
+LESSON = "load-balancing"
+
+
+def launch(user) -> Lab:  # noqa: ANN001
+    lab, _ = lifecycle.request_lab(user, LAB, LESSON)
+    return lab
+
+
+def test_second_launch_returns_the_same_lab(learner, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001
+    with django_capture_on_commit_callbacks() as callbacks:
+        first, created_first = lifecycle.request_lab(learner, LAB, LESSON)
+        second, created_second = lifecycle.request_lab(learner, LAB, LESSON)
+    assert (created_first, created_second) == (True, False)
+    assert first.pk == second.pk
+    assert len(callbacks) == 1  # provisioning queued once
+    assert Lab.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_launches_make_one_lab(make_user) -> None:  # noqa: ANN001
+    user = make_user("racer")
+    results: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def click() -> None:
+        barrier.wait()
+        try:
+            lab, _ = lifecycle.request_lab(user, LAB, LESSON)
+            results.append(str(lab.pk))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=click) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4
+    assert len(set(results)) == 1
+    assert Lab.objects.filter(owner=user).count() == 1
+
+
+def test_unknown_lab_writes_nothing(learner) -> None:  # noqa: ANN001
+    with pytest.raises(LabNotFound):
+        lifecycle.request_lab(learner, "no-such-lab", LESSON)
+    assert Lab.objects.count() == 0
+
+
+def test_provision_brings_every_node_up_then_ready(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = launch(learner)
+    lifecycle.provision_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.READY
+    assert lab.expires_at - lab.ready_at == timedelta(minutes=60)
+    assert sorted(name for _, name in fake_engine.nodes) == ["app-1", "app-2", "app-3", "cache", "db", "lb", "traffic"]
+    assert Node.objects.filter(lab=lab).count() == 7
+    assert set(ObjectiveResult.objects.filter(lab=lab).values_list("key", flat=True)) == {
+        "traffic-flows",
+        "survives-replica-loss",
+    }
+    assert [step["message"] for step in lab.steps][-1] == "All nodes healthy"
+
+
+def test_provisioning_twice_is_harmless(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = launch(learner)
+    lifecycle.provision_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    started = dict(fake_engine.nodes)
+    lifecycle.provision_lab(str(lab.id), engine_factory=lambda: fake_engine)  # a redelivered task
+    assert fake_engine.nodes == started
+    assert Node.objects.filter(lab=lab).count() == 7
+
+
+def test_failed_provision_removes_what_it_made_and_says_why(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    fake_engine.fail_on_start = "app-2"
+    lab = launch(learner)
+    lifecycle.provision_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.FAILED
+    assert lab.reason == "Could not start node app-2: no space left on device"
+    assert fake_engine.lab_ids() == set()
+    assert fake_engine.removed == [lab.short_id]
+
+
+def test_launch_with_engine_down_fails_with_the_reason(learner) -> None:  # noqa: ANN001
+    def no_engine():  # noqa: ANN202
+        raise EngineUnavailable("The Docker engine is not reachable (connection refused).")
+
+    lab = launch(learner)
+    lifecycle.provision_lab(str(lab.id), engine_factory=no_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.FAILED
+    assert "Docker engine is not reachable" in lab.reason
+    assert not Node.objects.filter(lab=lab).exists()
+    # A failed lab is not live: the learner can launch again.
+    assert launch(learner).pk != lab.pk
+
+
+def test_launch_with_no_engine_at_docker_host_fails_cleanly(learner, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    lab = launch(learner)
+    lifecycle.provision_lab(str(lab.id))  # the real Engine, pointed at nothing
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.FAILED
+    assert lab.reason.startswith("The Docker engine is not reachable")
+    assert lab.steps == []
+
+
+def ready_lab(user, engine: FakeEngine) -> Lab:  # noqa: ANN001
+    lab = launch(user)
+    lifecycle.provision_lab(str(lab.id), engine_factory=lambda: engine)
+    lab.refresh_from_db()
+    return lab
+
+
+def test_stop_removes_everything_and_is_idempotent(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    lifecycle.stop_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lifecycle.stop_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.STOPPED
+    assert lab.stopped_at is not None
+    assert fake_engine.lab_ids() == set()
+    assert fake_engine.removed == [lab.short_id]
+
+
+def test_request_stop_of_an_ended_lab_is_refused(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    lifecycle.stop_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    with pytest.raises(lifecycle.LabError, match="already stopped"):
+        lifecycle.request_stop(lab)
+
+
+def test_extend_pushes_expiry_up_to_the_maximum(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    before = lab.expires_at
+    lab = lifecycle.extend_lab(lab, 30)
+    assert lab.expires_at == before + timedelta(minutes=30)
+    lab = lifecycle.extend_lab(lab, 240)
+    assert lab.expires_at == lab.ready_at + timedelta(minutes=180)
+    with pytest.raises(lifecycle.LabError, match="cannot run longer than 180 minutes"):
+        lifecycle.extend_lab(lab, 10)
+
+
+def test_reaper_stops_expired_labs_and_removes_orphans(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    Lab.objects.filter(pk=lab.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    fake_engine.networks.add("0123456789ab")  # left behind by a crash, no row owns it
+    report = lifecycle.reap_labs(engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.STOPPED
+    assert lab.reason == "The lab reached the end of its time."
+    assert report["expired"] == [lab.short_id]
+    assert report["orphans"] == ["0123456789ab"]
+    assert fake_engine.lab_ids() == set()
+
+
+def test_reaper_fails_labs_stuck_in_provisioning(learner, settings) -> None:  # noqa: ANN001
+    lab = launch(learner)
+    Lab.objects.filter(pk=lab.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    report = lifecycle.reap_labs(engine_factory=FakeEngine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.FAILED
+    assert report["stuck"] == [lab.short_id]
+
+
+def test_reconcile_fails_a_ready_lab_whose_containers_vanished(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    fake_engine.nodes.clear()
+    fake_engine.networks.clear()
+    report = lifecycle.reconcile_labs(engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.FAILED
+    assert "disappeared" in lab.reason
+    assert report["vanished"] == [lab.short_id]
+
+
+def test_reconcile_marks_nodes_the_engine_lost(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    Node.objects.filter(lab=lab).update(state=Node.State.HEALTHY)
+    fake_engine.kill_node(lab.short_id, "app-3")
+    report = lifecycle.reconcile_labs(engine_factory=lambda: fake_engine)
+    assert report["resynced"] == [lab.short_id]
+    assert Node.objects.get(lab=lab, name="app-3").state == Node.State.DOWN
+    assert Node.objects.get(lab=lab, name="app-1").state == Node.State.HEALTHY
+
+
+def test_break_kills_the_scripted_node(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    lifecycle.break_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert fake_engine.nodes[(lab.short_id, "app-2")] == "exited"
+    assert lab.broken_at is not None
+    assert lab.steps[-1]["message"] == "Break: kill replica app-2"

@@ -1,0 +1,80 @@
+"""The lab spec loader: the shipped lab is valid, and mistakes are named by file and key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sandbox.specs import LabNotFound, LabSpecError, load_lab, parse_lab
+
+LABS = Path(__file__).resolve().parents[2] / "labs"
+
+
+def test_first_lab_loads_with_three_app_replicas() -> None:
+    spec = load_lab("scaling-load-balancer").spec
+    assert spec.node("app").instances == ["app-1", "app-2", "app-3"]
+    assert [node.name for node in spec.start_order()][:2] == ["db", "cache"]
+    assert spec.start_order()[-1].name == "traffic"
+    assert any(objective.check.while_down == "app" for objective in spec.objectives)
+
+
+def test_unknown_lab_is_not_found() -> None:
+    with pytest.raises(LabNotFound):
+        load_lab("no-such-lab")
+    with pytest.raises(LabNotFound):
+        load_lab("../etc")
+
+
+@pytest.fixture
+def lab_copy(tmp_path: Path) -> Path:
+    """A writable copy of the first lab (and the shared images) to break in tests."""
+    shutil.copytree(LABS / "images", tmp_path / "images")
+    shutil.copytree(LABS / "scaling-load-balancer", tmp_path / "scaling-load-balancer")
+    return tmp_path / "scaling-load-balancer" / "lab.yaml"
+
+
+def rewrite(path: Path, change) -> None:  # noqa: ANN001
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_unknown_key_is_named(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: d["nodes"][0].update(replica=2))
+    with pytest.raises(LabSpecError) as error:
+        parse_lab(lab_copy)
+    assert "lab.yaml" in str(error.value)
+    assert "nodes.0.replica: Extra inputs are not permitted" in str(error.value)
+
+
+def test_break_of_a_missing_node_is_named(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: d["break"].update(node="app-9"))
+    with pytest.raises(LabSpecError, match="break.node: no node named 'app-9'"):
+        parse_lab(lab_copy)
+
+
+def test_objective_on_an_unknown_group_is_named(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: d["objectives"][1]["check"].update(while_down="web"))
+    with pytest.raises(LabSpecError, match="while_down: no node 'web'"):
+        parse_lab(lab_copy)
+
+
+def test_build_context_without_dockerfile_is_named(lab_copy: Path) -> None:
+    (lab_copy.parent.parent / "images" / "cache" / "Dockerfile").unlink()
+    with pytest.raises(LabSpecError, match="nodes.cache.build: no Dockerfile"):
+        parse_lab(lab_copy)
+
+
+def test_privileged_capabilities_are_refused(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: d["nodes"][0].update(cap_add=["SYS_ADMIN"]))
+    with pytest.raises(LabSpecError, match="capabilities not allowed: SYS_ADMIN"):
+        parse_lab(lab_copy)
+
+
+def test_not_yaml_is_named(lab_copy: Path) -> None:
+    lab_copy.write_text("nodes: [unclosed")
+    with pytest.raises(LabSpecError, match="not valid YAML"):
+        parse_lab(lab_copy)
