@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -113,20 +114,40 @@ class Generator:
     async def resolve(self) -> None:
         """Resolve the target once a second, off the request path.
 
-        getaddrinfo runs in a small thread pool; doing it per request would let a slow DNS
-        answer hold requests back and break the fixed send rate.
+        A lookup can take seconds (Docker's DNS is slow to give up on a stopped container's
+        name), so it runs in a daemon thread: requests use the last answer meanwhile, and a
+        stuck lookup never delays the send schedule or the container's shutdown.
         """
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                infos = await loop.getaddrinfo(
-                    self.target.host, self.target.port, type=socket.SOCK_STREAM
-                )
-                self.address = infos[0][4][0]
-            except OSError as exc:
+            answer: asyncio.Future[str | OSError] = loop.create_future()
+            threading.Thread(target=self._lookup, args=(loop, answer), daemon=True).start()
+            result = await answer
+            if isinstance(result, OSError):
                 self.address = None
-                self.resolve_error = str(exc)
+                self.resolve_error = str(result)
+            else:
+                self.address = result
             await asyncio.sleep(1.0)
+
+    def _lookup(
+        self, loop: asyncio.AbstractEventLoop, answer: asyncio.Future[str | OSError]
+    ) -> None:
+        result: str | OSError
+        try:
+            infos = socket.getaddrinfo(self.target.host, self.target.port, type=socket.SOCK_STREAM)
+            result = infos[0][4][0]
+        except OSError as exc:
+            result = exc
+
+        def deliver() -> None:
+            if not answer.done():
+                answer.set_result(result)
+
+        try:
+            loop.call_soon_threadsafe(deliver)
+        except RuntimeError:
+            pass  # the loop closed while we were waiting on DNS: shutting down
 
     async def send(self) -> None:
         """Start requests on a fixed schedule, never waiting for earlier ones to finish."""
