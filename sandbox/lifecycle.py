@@ -40,9 +40,17 @@ class LabError(Exception):
     """Something a learner asked for cannot be done; the message says why."""
 
 
+EngineFactory = Callable[[], Engine]
+
+
 def connect_engine() -> Engine:
     """The engine labs run on (DOCKER_HOST, or the local socket)."""
     return Engine(instance=settings.STACKLAB_INSTANCE, subnet_pool=settings.LAB_SUBNET_POOL)
+
+
+def _engine(factory: EngineFactory | None) -> Engine:
+    # Looked up at call time, so tests can swap `connect_engine` for a fake.
+    return (factory or connect_engine)()
 
 
 # -- state machine ----------------------------------------------------------------------------
@@ -173,23 +181,25 @@ def _wait_healthy(engine: Engine, lab: Lab, names: set[str], deadline: float) ->
         time.sleep(HEALTH_POLL_SECONDS)
 
 
-def provision_lab(lab_id: str, engine_factory: Callable[[], Engine] = connect_engine) -> None:
+def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> None:
     """Bring a requested lab to ready.
 
+    0. Reach the engine; if it is away, raise before touching the row (the task retries).
     1. Claim the row (requested -> provisioning); anyone else finding it claimed stops here.
     2. Build missing images, create the lab network, write a Node row per container.
     3. Start nodes in dependency order, each after what it depends on is healthy.
     4. Wait for all nodes to be healthy, then ready (with its expiry).
     On any failure, remove what was made and mark the lab failed with a reason.
     """
+    # No engine, nothing claimed: EngineUnavailable goes to the task, which retries, then fails
+    # the lab (fail_lab) once the engine stays away.
+    engine = _engine(engine_factory)
     if not _move(lab_id, [State.REQUESTED], State.PROVISIONING):
         return
     lab = Lab.objects.get(pk=lab_id)
     deadline = time.monotonic() + settings.LAB_PROVISION_TIMEOUT
-    engine: Engine | None = None
     try:
         package = load_lab(lab.lab_slug)
-        engine = engine_factory()
         _step(lab, "Preparing images")
         images = {node.name: engine.ensure_image(package.build_context(node)) for node in package.spec.nodes}
         network = engine.create_network(lab.short_id, lab.owner_id)
@@ -228,38 +238,42 @@ def provision_lab(lab_id: str, engine_factory: Callable[[], Engine] = connect_en
     except Exception as exc:
         logger.exception("lab %s: provisioning failed", lab.short_id)
         reason = str(exc) if isinstance(exc, EngineError) else f"Provisioning failed: {exc}"
-        if engine is not None:
-            try:
-                engine.remove_lab(lab.short_id)
-            except EngineError:
-                logger.exception("lab %s: cleanup failed; the reaper will retry", lab.short_id)
+        try:
+            engine.remove_lab(lab.short_id)
+        except EngineError:
+            logger.exception("lab %s: cleanup failed; the reaper will retry", lab.short_id)
         _move(lab.pk, [State.PROVISIONING], State.FAILED, reason=reason[:2000], stopped_at=timezone.now())
+
+
+def fail_lab(lab_id: str, reason: str) -> None:
+    """Give up on a lab that never got going (e.g. no engine after the task's retries)."""
+    _move(lab_id, [State.REQUESTED, State.PROVISIONING], State.FAILED, reason=reason[:2000], stopped_at=timezone.now())
 
 
 # -- while ready ------------------------------------------------------------------------------
 
 
-def break_lab(lab_id: str, engine_factory: Callable[[], Engine] = connect_engine) -> None:
+def break_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> None:
     """Run the lab's scripted break (e.g. kill a replica) once it is ready."""
     lab = Lab.objects.get(pk=lab_id)
     if lab.state != State.READY:
         return
     scripted = load_lab(lab.lab_slug).spec.break_
-    engine = engine_factory()
+    engine = _engine(engine_factory)
     act = {"kill": engine.kill_node, "stop": engine.stop_node, "pause": engine.pause_node}[scripted.action]
     act(lab.short_id, scripted.node)
     Lab.objects.filter(pk=lab.pk).update(broken_at=timezone.now())
     _step(lab, f"Break: {scripted.description}")
 
 
-def run_solution(lab: Lab, engine_factory: Callable[[], Engine] = connect_engine) -> ExecResult:
+def run_solution(lab: Lab, engine_factory: EngineFactory | None = None) -> ExecResult:
     """Run the lab's solution script inside its node."""
     if lab.state != State.READY:
         raise LabError("The lab is not running.")
     package = load_lab(lab.lab_slug)
     solution = package.spec.solution
     script = package.read_script(solution.script)
-    return engine_factory().exec(lab.short_id, solution.node, ["sh", "-c", script], user=solution.user)
+    return _engine(engine_factory).exec(lab.short_id, solution.node, ["sh", "-c", script], user=solution.user)
 
 
 def extend_lab(lab: Lab, minutes: int) -> Lab:
@@ -283,14 +297,14 @@ def extend_lab(lab: Lab, minutes: int) -> Lab:
 # -- stop, reap, reconcile --------------------------------------------------------------------
 
 
-def stop_lab(lab_id: str, reason: str = "", engine_factory: Callable[[], Engine] = connect_engine) -> None:
+def stop_lab(lab_id: str, reason: str = "", engine_factory: EngineFactory | None = None) -> None:
     """Remove everything of a lab from the engine and mark it stopped. Engine errors propagate,
     leaving the lab in stopping for a retry (the task's, or the reaper's)."""
     _move(lab_id, [*Lab.LIVE_STATES], State.STOPPING, reason=reason)
     lab = Lab.objects.get(pk=lab_id)
     if lab.state != State.STOPPING:
         return
-    removed = engine_factory().remove_lab(lab.short_id)
+    removed = _engine(engine_factory).remove_lab(lab.short_id)
     logger.info("lab %s: removed %d engine objects", lab.short_id, removed)
     _move(lab.pk, [State.STOPPING], State.STOPPED, stopped_at=timezone.now())
 
@@ -305,7 +319,7 @@ def remove_orphans(engine: Engine) -> list[str]:
     return orphans
 
 
-def reap_labs(engine_factory: Callable[[], Engine] = connect_engine) -> dict[str, list[str]]:
+def reap_labs(engine_factory: EngineFactory | None = None) -> dict[str, list[str]]:
     """Stop expired labs, unstick stuck ones and remove orphans (run by beat)."""
     now = timezone.now()
     report: dict[str, list[str]] = {"expired": [], "stuck": [], "orphans": []}
@@ -325,7 +339,7 @@ def reap_labs(engine_factory: Callable[[], Engine] = connect_engine) -> dict[str
     for lab in Lab.objects.filter(state=State.STOPPING, updated_at__lt=now - STUCK_STOPPING):
         stop_lab(str(lab.id), engine_factory=engine_factory)
         report["stuck"].append(lab.short_id)
-    engine = engine_factory()
+    engine = _engine(engine_factory)
     report["orphans"] = remove_orphans(engine)
     return report
 
@@ -344,10 +358,10 @@ def sync_nodes(lab: Lab, engine: Engine) -> int:
     return moved
 
 
-def reconcile_labs(engine_factory: Callable[[], Engine] = connect_engine) -> dict[str, list[str]]:
+def reconcile_labs(engine_factory: EngineFactory | None = None) -> dict[str, list[str]]:
     """Make rows and engine agree, both ways: a ready lab with nothing on the engine fails, node
     rows follow the engine, and engine objects without a live row are removed."""
-    engine = engine_factory()
+    engine = _engine(engine_factory)
     report: dict[str, list[str]] = {"vanished": [], "resynced": [], "orphans": []}
     present = engine.lab_ids()
     for lab in Lab.objects.filter(state=State.READY):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from . import lifecycle
-from .engine import EngineError
+from .engine import EngineError, EngineUnavailable
 
 # Engine work is idempotent (compare-and-set on the lab state), so it is safe to redeliver a task
 # whose worker died (acks_late + reject_on_worker_lost) and to retry on engine errors.
@@ -17,9 +17,17 @@ ENGINE_TASK = {
 }
 
 
-@shared_task(**ENGINE_TASK)
-def provision_lab(lab_id: str) -> None:
-    lifecycle.provision_lab(lab_id)
+PROVISION_RETRIES = 3
+
+
+@shared_task(bind=True, **ENGINE_TASK)
+def provision_lab(self: Task, lab_id: str) -> None:
+    try:
+        lifecycle.provision_lab(lab_id)
+    except EngineUnavailable as exc:
+        if self.request.retries < PROVISION_RETRIES:
+            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        lifecycle.fail_lab(lab_id, str(exc))
 
 
 @shared_task(autoretry_for=(EngineError,), retry_backoff=2, max_retries=5, **ENGINE_TASK)

@@ -147,6 +147,20 @@ def redis_channel_layer(settings) -> None:  # noqa: ANN001 - pytest-django's set
 
 
 @pytest.fixture(autouse=True)
+def _engine_only_where_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked `docker` that reaches for the real engine fails instead of starting
+    containers behind everyone's back."""
+    if request.node.get_closest_marker("docker") is not None:
+        return
+    from sandbox import lifecycle
+
+    def refuse() -> Engine:
+        raise AssertionError("this test reached the real Docker engine: mark it `docker` or pass a fake engine")
+
+    monkeypatch.setattr(lifecycle, "connect_engine", refuse)
+
+
+@pytest.fixture(autouse=True)
 def _channel_layer_per_marker(request: pytest.FixtureRequest, settings) -> None:  # noqa: ANN001
     """Tests not marked `redis` get an in-memory channel layer, so they need no Redis."""
     if request.node.get_closest_marker("redis") is None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from django.db import connection
 from django.utils import timezone
 
-from sandbox import lifecycle
-from sandbox.engine import EngineUnavailable
+from sandbox import lifecycle, tasks
+from sandbox.engine import Engine, EngineUnavailable
 from sandbox.models import Lab, Node, ObjectiveResult
 from sandbox.specs import LabNotFound
 from tests.conftest import FakeEngine
@@ -101,24 +102,51 @@ def test_failed_provision_removes_what_it_made_and_says_why(learner, fake_engine
     assert fake_engine.removed == [lab.short_id]
 
 
-def test_launch_with_engine_down_fails_with_the_reason(learner) -> None:  # noqa: ANN001
+def test_launch_with_engine_down_is_retried_then_fails_with_the_reason(learner) -> None:  # noqa: ANN001
+    attempts = []
+
     def no_engine():  # noqa: ANN202
+        attempts.append(1)
         raise EngineUnavailable("The Docker engine is not reachable (connection refused).")
 
     lab = launch(learner)
-    lifecycle.provision_lab(str(lab.id), engine_factory=no_engine)
+    with mock.patch.object(lifecycle, "connect_engine", no_engine):
+        tasks.provision_lab.apply(args=[str(lab.id)])  # this call only runs eagerly, retries included
     lab.refresh_from_db()
+    assert len(attempts) == 1 + tasks.PROVISION_RETRIES
     assert lab.state == Lab.State.FAILED
-    assert "Docker engine is not reachable" in lab.reason
+    assert lab.reason == "The Docker engine is not reachable (connection refused)."
     assert not Node.objects.filter(lab=lab).exists()
     # A failed lab is not live: the learner can launch again.
     assert launch(learner).pk != lab.pk
 
 
+def test_engine_back_within_the_retries_still_provisions(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    answers = iter([EngineUnavailable("engine restarting"), fake_engine])
+
+    def flaky():  # noqa: ANN202
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    lab = launch(learner)
+    with mock.patch.object(lifecycle, "connect_engine", flaky):
+        tasks.provision_lab.apply(args=[str(lab.id)])
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.READY
+
+
+def engine_module_connect() -> Engine:
+    """The real connection code (what `lifecycle.connect_engine` does), bypassing the guard."""
+    return Engine(instance="test", subnet_pool="10.213.0.0/16")
+
+
 def test_launch_with_no_engine_at_docker_host_fails_cleanly(learner, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    monkeypatch.setattr(lifecycle, "connect_engine", engine_module_connect)
     lab = launch(learner)
-    lifecycle.provision_lab(str(lab.id))  # the real Engine, pointed at nothing
+    tasks.provision_lab.apply(args=[str(lab.id)])  # the real Engine, pointed at nothing
     lab.refresh_from_db()
     assert lab.state == Lab.State.FAILED
     assert lab.reason.startswith("The Docker engine is not reachable")
