@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def plain_docker_run(run: int) -> float:
                 if node.health:
                     args += [
                         "--health-cmd",
-                        " ".join(node.health.command),
+                        shlex.join(node.health.command),
                         "--health-interval",
                         f"{node.health.interval}s",
                         "--health-timeout",
