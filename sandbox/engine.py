@@ -133,7 +133,8 @@ class Engine:
     def _network_name(self, lab: str) -> str:
         return f"stacklab-{lab}"
 
-    def _container_name(self, lab: str, node: str) -> str:
+    def container_name(self, lab: str, node: str) -> str:
+        """What `docker ps` calls a node: the name a learner types after `docker exec`."""
         return f"stacklab-{lab}-{node}"
 
     def _labels(self, lab: str, owner: int, **extra: str) -> dict[str, str]:
@@ -261,7 +262,7 @@ class Engine:
         try:
             created = api.create_container(
                 run.image,
-                name=self._container_name(run.lab, run.name),
+                name=self.container_name(run.lab, run.name),
                 hostname=run.name,
                 command=run.command,
                 environment=run.env,
@@ -278,7 +279,7 @@ class Engine:
 
     def _container(self, lab: str, node: str):  # -> docker.models.containers.Container
         try:
-            return self.client.containers.get(self._container_name(lab, node))
+            return self.client.containers.get(self.container_name(lab, node))
         except docker.errors.NotFound as exc:
             raise EngineError(f"Node {node} does not exist in this lab") from exc
         except docker.errors.DockerException as exc:

@@ -207,7 +207,15 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
         _step(lab, f"Created network {network.subnet}")
         runs = _node_runs(package, lab, images, network)
         Node.objects.bulk_create(
-            Node(lab=lab, name=run.name, group=run.group, role=node.role, ip=run.ip) for node, run in runs
+            Node(
+                lab=lab,
+                name=run.name,
+                group=run.group,
+                role=node.role,
+                ip=run.ip,
+                container=engine.container_name(lab.short_id, run.name),
+            )
+            for node, run in runs
         )
         started: dict[str, set[str]] = {}
         for node in package.spec.start_order():

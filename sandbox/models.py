@@ -75,6 +75,7 @@ class Node(models.Model):
     role = models.CharField(max_length=16)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     ip = models.CharField(max_length=45, blank=True)
+    container = models.CharField(max_length=100, blank=True, help_text="The container's name on the engine.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

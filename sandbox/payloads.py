@@ -16,7 +16,14 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def node_payload(node: Node) -> dict[str, Any]:
-    return {"type": "node", "name": node.name, "group": node.group, "role": node.role, "state": node.state}
+    return {
+        "type": "node",
+        "name": node.name,
+        "group": node.group,
+        "role": node.role,
+        "state": node.state,
+        "container": node.container,
+    }
 
 
 def objective_payload(result: ObjectiveResult, title: str) -> dict[str, Any]:

@@ -61,6 +61,9 @@ class FakeEngine:
         self.removed: list[str] = []
         self.images: list[Path] = []
 
+    def container_name(self, lab: str, node: str) -> str:
+        return f"fake-{lab}-{node}"
+
     def ensure_image(self, context: Path) -> str:
         self.images.append(context)
         return f"fake/{context.name}:1"

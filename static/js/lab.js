@@ -55,7 +55,9 @@ function renderNodes() {
   const rows = [...nodes.values()].map((node) => {
     const row = el("tr", `node state-${node.state}`);
     row.dataset.node = node.name;
-    row.append(el("td", "", node.name), el("td", "", node.role), el("td", "state", node.state));
+    const name = el("td", "", node.name);
+    name.title = `docker exec -it ${node.container} sh`;
+    row.append(name, el("td", "", node.role), el("td", "state", node.state), el("td", "container", node.container));
     return row;
   });
   list("nodes").replaceChildren(...rows);
