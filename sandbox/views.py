@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import lifecycle
 from .access import get_lab_for_user
+from .models import Lab
 from .payloads import lab_payload, snapshot_payload
 
 View = Callable[..., HttpResponse]
@@ -52,15 +53,20 @@ def lab_status(request: HttpRequest, lab_id: str) -> JsonResponse:
     return JsonResponse(snapshot_payload(lab))
 
 
-@require_POST
-@api_login_required
-def stop_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
+def queue_for_owner(request: HttpRequest, lab_id: str, request_action: Callable[[Lab], None]) -> JsonResponse:
+    """Queue an action on the owner's lab: 202 with the lab as it is now, or 409 with why not."""
     lab = get_lab_for_user(request.user, lab_id, write=True)
     try:
-        lifecycle.request_stop(lab)
+        request_action(lab)
     except lifecycle.LabError as error:
         return refused(error)
     return JsonResponse(lab_payload(lab), status=202)
+
+
+@require_POST
+@api_login_required
+def stop_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
+    return queue_for_owner(request, lab_id, lifecycle.request_stop)
 
 
 @require_POST
@@ -80,9 +86,4 @@ def extend_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
 @require_POST
 @api_login_required
 def break_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
-    lab = get_lab_for_user(request.user, lab_id, write=True)
-    try:
-        lifecycle.request_break(lab)
-    except lifecycle.LabError as error:
-        return refused(error)
-    return JsonResponse(lab_payload(lab), status=202)
+    return queue_for_owner(request, lab_id, lifecycle.request_break)
