@@ -12,6 +12,7 @@ setup: venv engine images
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
+	scripts/ensure-python.sh $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
