@@ -34,6 +34,6 @@ class LabAdmin(admin.ModelAdmin):
         stopped = 0
         for lab in queryset:
             if lab.is_live:
-                lifecycle.request_stop(lab)
+                lifecycle.request_stop(lab, reason=f"Stopped by staff ({request.user.get_username()}).")
                 stopped += 1
         self.message_user(request, f"Stopping {stopped} lab(s).", messages.SUCCESS)

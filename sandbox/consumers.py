@@ -49,7 +49,7 @@ class LabConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
             message = json.loads(text_data or "")
-        except ValueError:
+        except (ValueError, RecursionError):  # deeply nested input overflows the parser
             await self._error("Messages must be JSON objects.")
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):

@@ -347,6 +347,11 @@ class Engine:
                     removed += 1
                 except docker.errors.NotFound:
                     pass
+                except docker.errors.APIError as exc:
+                    # Another remover got there first ("removal already in progress").
+                    if exc.status_code != 409:
+                        raise
+                    logger.info("lab %s: %s already being removed", lab, container.name)
             for network in self.client.networks.list(filters=self._filters(lab)):
                 try:
                     network.remove()

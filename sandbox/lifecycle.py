@@ -106,10 +106,10 @@ def request_lab(owner: AbstractBaseUser, lab_slug: str, lesson_slug: str) -> tup
     return lab, True
 
 
-def request_stop(lab: Lab) -> None:
+def request_stop(lab: Lab, reason: str = "Stopped by the learner.") -> None:
     if not lab.is_live:
         raise LabError(f"This lab is already {lab.state}.")
-    _after_commit("stop_lab", str(lab.id))
+    _after_commit("stop_lab", str(lab.id), reason)
 
 
 def request_break(lab: Lab) -> None:
@@ -232,25 +232,35 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
             ObjectiveResult(lab=lab, key=objective.key, reason="Waiting for the first traffic figures")
             for objective in package.spec.objectives
         )
-        now = timezone.now()
         _step(lab, "All nodes healthy")
-        if not _move(
-            lab.pk,
-            [State.PROVISIONING],
-            State.READY,
-            ready_at=now,
-            expires_at=now + timedelta(minutes=package.spec.ttl_minutes),
-        ):
-            # Stopped while we worked: its stop task (or the reaper) removes what we made.
-            logger.info("lab %s: no longer provisioning, leaving cleanup to stop", lab.short_id)
     except Exception as exc:
         logger.exception("lab %s: provisioning failed", lab.short_id)
         reason = str(exc) if isinstance(exc, EngineError) else f"Provisioning failed: {exc}"
-        try:
-            engine.remove_lab(lab.short_id)
-        except EngineError:
-            logger.exception("lab %s: cleanup failed; the reaper will retry", lab.short_id)
-        _move(lab.pk, [State.PROVISIONING], State.FAILED, reason=reason[:2000], stopped_at=timezone.now())
+        _abandon(lab, engine, reason)
+        return
+    # Outside the try: once ready, nothing may tear the lab down as a "failed provision".
+    now = timezone.now()
+    expires_at = now + timedelta(minutes=package.spec.ttl_minutes)
+    if not _move(lab.pk, [State.PROVISIONING], State.READY, ready_at=now, expires_at=expires_at):
+        # Stopped while we worked: its stop task (or the reaper) removes what we made.
+        logger.info("lab %s: no longer provisioning, leaving cleanup to stop", lab.short_id)
+
+
+def _abandon(lab: Lab, engine: Engine, reason: str) -> None:
+    """Remove whatever a provisioning attempt made and fail the lab with the reason."""
+    try:
+        engine.remove_lab(lab.short_id)
+    except EngineError:
+        logger.exception("lab %s: cleanup failed; the reaper will retry", lab.short_id)
+    _move(lab.pk, [State.PROVISIONING], State.FAILED, reason=reason[:2000], stopped_at=timezone.now())
+
+
+def abandon_interrupted_provision(lab_id: str, engine_factory: EngineFactory | None = None) -> None:
+    """A provisioning run died with its worker (the task came back redelivered): what it made is
+    half a lab, so remove it and fail the lab rather than leave it stuck in provisioning."""
+    lab = Lab.objects.get(pk=lab_id)
+    if lab.state == State.PROVISIONING:
+        _abandon(lab, _engine(engine_factory), "Setting up the lab was interrupted; launch it again.")
 
 
 def fail_lab(lab_id: str, reason: str) -> None:
@@ -319,12 +329,25 @@ def stop_lab(lab_id: str, reason: str = "", engine_factory: EngineFactory | None
 
 def remove_orphans(engine: Engine) -> list[str]:
     """Remove engine objects whose lab has no row that could still own them."""
+    # The engine first, then the rows: a lab requested in between has its row by the time we read
+    # them, so it is never mistaken for an orphan.
+    present = engine.lab_ids()
     owned = {lab.short_id for lab in Lab.objects.filter(state__in=[*Lab.LIVE_STATES, State.STOPPING]).only("id")}
-    orphans = sorted(engine.lab_ids() - owned)
+    orphans = sorted(present - owned)
     for short_id in orphans:
         removed = engine.remove_lab(short_id)
         logger.info("lab %s: orphan, removed %d engine objects", short_id, removed)
     return orphans
+
+
+def _reap_one(lab: Lab, reason: str, engine_factory: EngineFactory | None) -> bool:
+    """Stop one lab for the reaper; an engine error on it is logged and must not stop the pass."""
+    try:
+        stop_lab(str(lab.id), reason=reason, engine_factory=engine_factory)
+    except EngineError:
+        logger.exception("lab %s: reaper could not stop it; next pass retries", lab.short_id)
+        return False
+    return True
 
 
 def reap_labs(engine_factory: EngineFactory | None = None) -> dict[str, list[str]]:
@@ -332,8 +355,8 @@ def reap_labs(engine_factory: EngineFactory | None = None) -> dict[str, list[str
     now = timezone.now()
     report: dict[str, list[str]] = {"expired": [], "stuck": [], "orphans": []}
     for lab in Lab.objects.filter(state=State.READY, expires_at__lt=now):
-        stop_lab(str(lab.id), reason="The lab reached the end of its time.", engine_factory=engine_factory)
-        report["expired"].append(lab.short_id)
+        if _reap_one(lab, "The lab reached the end of its time.", engine_factory):
+            report["expired"].append(lab.short_id)
     stuck_before = now - timedelta(seconds=2 * settings.LAB_PROVISION_TIMEOUT)
     for lab in Lab.objects.filter(state__in=[State.REQUESTED, State.PROVISIONING], updated_at__lt=stuck_before):
         if _move(
@@ -345,8 +368,8 @@ def reap_labs(engine_factory: EngineFactory | None = None) -> dict[str, list[str
         ):
             report["stuck"].append(lab.short_id)
     for lab in Lab.objects.filter(state=State.STOPPING, updated_at__lt=now - STUCK_STOPPING):
-        stop_lab(str(lab.id), engine_factory=engine_factory)
-        report["stuck"].append(lab.short_id)
+        if _reap_one(lab, lab.reason, engine_factory):
+            report["stuck"].append(lab.short_id)
     engine = _engine(engine_factory)
     report["orphans"] = remove_orphans(engine)
     return report

@@ -21,4 +21,9 @@ def publish(lab_id: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    async_to_sync(layer.group_send)(lab_group(lab_id), {"type": "lab.message", "message": message})
+    # Live updates are a view of state that is already saved: a channel-layer hiccup must not undo
+    # the change being announced (a page catches up from its next snapshot).
+    try:
+        async_to_sync(layer.group_send)(lab_group(lab_id), {"type": "lab.message", "message": message})
+    except Exception:
+        logger.exception("lab %s: could not publish %s message", lab_id[:12], message.get("type"))

@@ -28,7 +28,7 @@ from .engine import Engine, EngineError, NodeEvent
 from .lifecycle import connect_engine, reconcile_labs, sync_nodes
 from .live import publish
 from .models import Lab, Node, ObjectiveResult
-from .nodestates import NOT_SERVING, state_from_event
+from .nodestates import NOT_SERVING, state_from_event, state_from_status
 from .objectives import Sample, judge
 from .payloads import node_payload, objective_payload
 from .specs import LabSpec, LabSpecError, load_lab
@@ -92,6 +92,7 @@ class Monitor:
                 close_old_connections()
             self.stopping.wait(self.poll_seconds)
         self._shutdown()
+        connection.close()
 
     def start_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name="monitor", daemon=True)
@@ -135,6 +136,12 @@ class Monitor:
                 watch.verdicts = {result.key: (result.status, result.reason) for result in lab.objective_results.all()}
                 self.watches[lab_id] = watch
                 logger.info("lab %s: monitor follows", lab.short_id)
+            else:
+                # Node rows are the truth (events, resyncs and reconciles all write them); the
+                # judge's copy follows them every poll, so a missed event cannot mislead it.
+                states = dict(lab.nodes.values_list("name", "state"))
+                with watch.lock:
+                    watch.node_states.update(states)
             if watch.thread is None or not watch.thread.is_alive():
                 watch.thread = threading.Thread(
                     target=self._follow_traffic, args=(watch,), name=f"traffic-{lab.short_id}", daemon=True
@@ -154,7 +161,7 @@ class Monitor:
                     self._resync(engine)
                 for event in self._events_stream:
                     since = event.time
-                    self.handle_event(event)
+                    self.handle_event(event, engine)
             except EngineError:
                 logger.exception("monitor: lost the engine's events")
             except Exception:
@@ -175,12 +182,17 @@ class Monitor:
                 self._short_ids[lab.short_id] = str(lab.id)
         return self._short_ids.get(short_id)
 
-    def handle_event(self, event: NodeEvent) -> None:
-        state = state_from_event(event.action)
-        if state is None:
-            return
+    def handle_event(self, event: NodeEvent, engine: Engine | None = None) -> None:
         lab_id = self._lab_id(event.lab)
         if lab_id is None:
+            return
+        state = state_from_event(event.action)
+        if event.action == "unpause" and engine is not None:
+            # Health events come only on a change, so after a pause the engine's current health
+            # is the only way to know whether the node serves again.
+            statuses = [s for s in engine.node_statuses(event.lab) if s.name == event.name]
+            state = state_from_status(statuses[0]) if statuses else state
+        if state is None:
             return
         changed = (
             Node.objects.filter(lab_id=lab_id, name=event.name)

@@ -22,6 +22,9 @@ PROVISION_RETRIES = 3
 
 @shared_task(bind=True, **ENGINE_TASK)
 def provision_lab(self: Task, lab_id: str) -> None:
+    if (self.request.delivery_info or {}).get("redelivered"):
+        # The worker that ran this before died mid-way (acks_late brought it back).
+        lifecycle.abandon_interrupted_provision(lab_id)
     try:
         lifecycle.provision_lab(lab_id)
     except EngineUnavailable as exc:
@@ -31,8 +34,8 @@ def provision_lab(self: Task, lab_id: str) -> None:
 
 
 @shared_task(autoretry_for=(EngineError,), retry_backoff=2, max_retries=5, **ENGINE_TASK)
-def stop_lab(lab_id: str) -> None:
-    lifecycle.stop_lab(lab_id, reason="Stopped by the learner.")
+def stop_lab(lab_id: str, reason: str = "") -> None:
+    lifecycle.stop_lab(lab_id, reason=reason)
 
 
 @shared_task(autoretry_for=(EngineError,), retry_backoff=1, max_retries=3, **ENGINE_TASK)

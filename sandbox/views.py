@@ -35,7 +35,7 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(request.body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise lifecycle.LabError("The request body must be JSON.") from exc
     if not isinstance(body, dict):
         raise lifecycle.LabError("The request body must be a JSON object.")

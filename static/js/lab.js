@@ -136,6 +136,7 @@ function connect() {
     (handlers[message.type] || (() => {}))(message);
   });
   socket.addEventListener("close", async (event) => {
+    if (event.target !== socket) return; // an older socket, replaced by a newer one
     socket = null;
     if (ENDED.has(labState) || event.code === 4404 || event.code === 4401) return;
     if (!opened && !(await labStillReachable())) return;

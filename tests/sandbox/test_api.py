@@ -36,13 +36,18 @@ def test_owner_sees_the_lab_snapshot(learner, ready_lab: Lab) -> None:  # noqa: 
     assert [o["key"] for o in body["objectives"]] == ["traffic-flows", "survives-replica-loss"]
 
 
-def test_another_learner_gets_not_found_everywhere(make_user, ready_lab: Lab) -> None:  # noqa: ANN001
+def test_another_learner_gets_not_found_everywhere(
+    make_user, ready_lab: Lab, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001, E501
     other = client_for(make_user("mallory"))
     assert other.get(f"/api/labs/{ready_lab.id}/").status_code == 404
-    for action in ("stop", "extend", "break"):
-        assert other.post(f"/api/labs/{ready_lab.id}/{action}").status_code == 404
+    with django_capture_on_commit_callbacks() as queued:
+        for action in ("stop", "extend", "break"):
+            assert other.post(f"/api/labs/{ready_lab.id}/{action}").status_code == 404
+    assert queued == []  # nothing was sent to a worker
+    expires_at = ready_lab.expires_at
     ready_lab.refresh_from_db()
-    assert ready_lab.state == Lab.State.READY
+    assert ready_lab.expires_at == expires_at
 
 
 def test_anonymous_gets_401(ready_lab: Lab) -> None:
@@ -51,10 +56,13 @@ def test_anonymous_gets_401(ready_lab: Lab) -> None:
     assert response.json() == {"error": "Log in first."}
 
 
-def test_instructor_can_watch_but_not_stop(make_user, ready_lab: Lab) -> None:  # noqa: ANN001
+def test_instructor_can_watch_but_not_act(make_user, ready_lab: Lab, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001, E501
     instructor = client_for(make_user("teacher", instructor=True))
     assert instructor.get(f"/api/labs/{ready_lab.id}/").status_code == 200
-    assert instructor.post(f"/api/labs/{ready_lab.id}/stop").status_code == 404
+    with django_capture_on_commit_callbacks() as queued:
+        for action in ("stop", "extend", "break"):
+            assert instructor.post(f"/api/labs/{ready_lab.id}/{action}").status_code == 404
+    assert queued == []
 
 
 def test_malformed_lab_id_is_not_found(learner) -> None:  # noqa: ANN001

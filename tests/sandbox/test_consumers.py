@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from sandbox import lifecycle
-from sandbox.live import lab_group
+from sandbox.live import lab_group, publish
 from sandbox.models import Lab
 from stacklab.asgi import application
 
@@ -70,6 +70,31 @@ async def test_another_learner_is_refused() -> None:
     await communicator.disconnect()
 
 
+async def test_malformed_lab_id_is_refused() -> None:
+    user, _ = await setup_lab()
+    communicator = WebsocketCommunicator(
+        application, "/ws/labs/not-a-uuid/", headers=await database_sync_to_async(headers_for)(user)
+    )
+    connected, code = await communicator.connect()
+    assert not connected
+    assert code == 4404
+    await communicator.disconnect()
+
+
+async def test_published_messages_reach_the_owner_and_snapshot_is_resent_on_request() -> None:
+    user, lab = await setup_lab()
+    communicator, _, _ = await connect(user, lab)
+    try:
+        await communicator.receive_json_from()  # snapshot
+        await database_sync_to_async(publish)(str(lab.id), {"type": "step", "message": "Started db"})
+        assert await communicator.receive_json_from() == {"type": "step", "message": "Started db"}
+        await communicator.send_json_to({"type": "snapshot"})
+        again = await communicator.receive_json_from()
+        assert again["type"] == "snapshot" and again["lab"]["id"] == str(lab.id)
+    finally:
+        await communicator.disconnect()
+
+
 async def test_anonymous_is_refused() -> None:
     _, lab = await setup_lab()
     communicator, connected, code = await connect(None, lab)
@@ -111,6 +136,8 @@ async def test_malformed_messages_get_an_error_and_the_socket_stays_up() -> None
             "type": "error",
             "message": "Unknown message type 'launch-missiles'.",
         }
+        await communicator.send_to(text_data="[" * 100_000)
+        assert (await communicator.receive_json_from())["type"] == "error"
         await communicator.send_json_to({"type": "ping"})
         assert await communicator.receive_json_from() == {"type": "pong"}
     finally:

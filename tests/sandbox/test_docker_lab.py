@@ -15,6 +15,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.db import connection
 from django.utils import timezone
 
 from sandbox import lifecycle
@@ -47,6 +48,19 @@ async def receive_until(
         if wanted(message):
             return message
         seen.append(message)
+
+
+async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking code (the lifecycle, the engine) off the event loop, closing the database
+    connection that thread opened so the test database can be dropped afterwards."""
+
+    def call() -> Any:
+        try:
+            return function(*args)
+        finally:
+            connection.close()
+
+    return await asyncio.to_thread(call)
 
 
 def objective_is(key: str, status: str) -> Callable[[Message], bool]:
@@ -103,7 +117,7 @@ async def test_learner_breaks_and_fixes_the_first_lab(engine: Engine, monitor: M
     try:
         assert (await communicator.receive_json_from())["type"] == "snapshot"
         started = time.monotonic()
-        await asyncio.to_thread(lifecycle.provision_lab, str(lab.id))
+        await in_thread(lifecycle.provision_lab, str(lab.id))
         await receive_until(
             communicator,
             lambda m: m.get("type") == "step" and m["message"] == "Started app-2",
@@ -119,7 +133,7 @@ async def test_learner_breaks_and_fixes_the_first_lab(engine: Engine, monitor: M
         assert ready["state"] == "ready", ready["reason"]
         print(f"launch to ready: {time.monotonic() - started:.1f}s")
         await database_sync_to_async(lab.refresh_from_db)()
-        await asyncio.to_thread(assert_hardened, engine, lab)
+        await in_thread(assert_hardened, engine, lab)
 
         # Steady traffic through the load balancer, spread over the three replicas.
         metrics = await receive_until(
@@ -148,7 +162,7 @@ async def test_learner_breaks_and_fixes_the_first_lab(engine: Engine, monitor: M
         assert "while app-2 is down" in failing["reason"]
 
         # The documented fix, applied inside the load balancer: health checks on.
-        result = await asyncio.to_thread(lifecycle.run_solution, lab)
+        result = await in_thread(lifecycle.run_solution, lab)
         assert result.exit_code == 0, result.output
         met = await receive_until(
             communicator, objective_is("survives-replica-loss", "met"), 90, "survives-replica-loss met"
@@ -160,16 +174,16 @@ async def test_learner_breaks_and_fixes_the_first_lab(engine: Engine, monitor: M
         assert progress.first_met_at is not None
 
         # Stop: nothing of the lab is left on the engine.
-        await asyncio.to_thread(lifecycle.stop_lab, str(lab.id))
+        await in_thread(lifecycle.stop_lab, str(lab.id))
         stopped = await receive_until(
             communicator, lambda m: m.get("type") == "lab" and m["state"] == "stopped", 10, "lab stopped"
         )
         assert stopped["id"] == str(lab.id)
-        containers, networks = await asyncio.to_thread(lab_objects, engine, lab.short_id)
+        containers, networks = await in_thread(lab_objects, engine, lab.short_id)
         assert containers == [] and networks == []
     finally:
         await communicator.disconnect()
-        await asyncio.to_thread(engine.remove_lab, lab.short_id)
+        await in_thread(engine.remove_lab, lab.short_id)
 
 
 def start_orphan(engine: Engine, short_id: str) -> None:

@@ -13,7 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from sandbox import lifecycle, tasks
-from sandbox.engine import Engine, EngineUnavailable
+from sandbox.engine import Engine, EngineError, EngineUnavailable
 from sandbox.models import Lab, Node, ObjectiveResult
 from sandbox.specs import LabNotFound
 from tests.conftest import FakeEngine
@@ -200,6 +200,35 @@ def test_reaper_stops_expired_labs_and_removes_orphans(learner, fake_engine: Fak
     assert lab.reason == "The lab reached the end of its time."
     assert report["expired"] == [lab.short_id]
     assert report["orphans"] == ["0123456789ab"]
+    assert fake_engine.lab_ids() == set()
+
+
+def test_one_lab_the_engine_cannot_remove_does_not_stop_the_reaper(make_user, fake_engine: FakeEngine) -> None:  # noqa: ANN001, E501
+    stubborn = ready_lab(make_user("a"), fake_engine)
+    other = ready_lab(make_user("b"), fake_engine)
+    Lab.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    real_remove = fake_engine.remove_lab
+
+    def remove(lab: str) -> int:
+        if lab == stubborn.short_id:
+            raise EngineError("device or resource busy")
+        return real_remove(lab)
+
+    fake_engine.remove_lab = remove  # type: ignore[method-assign]
+    report = lifecycle.reap_labs(engine_factory=lambda: fake_engine)
+    assert report["expired"] == [other.short_id]
+    assert Lab.objects.get(pk=other.pk).state == Lab.State.STOPPED
+    assert Lab.objects.get(pk=stubborn.pk).state == Lab.State.STOPPING  # retried on the next pass
+
+
+def test_interrupted_provision_is_cleaned_up_and_failed(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = launch(learner)
+    Lab.objects.filter(pk=lab.pk).update(state=Lab.State.PROVISIONING)
+    fake_engine.networks.add(lab.short_id)  # half made when the worker died
+    lifecycle.abandon_interrupted_provision(str(lab.id), engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.FAILED
+    assert lab.reason == "Setting up the lab was interrupted; launch it again."
     assert fake_engine.lab_ids() == set()
 
 

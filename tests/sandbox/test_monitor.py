@@ -87,6 +87,26 @@ def test_node_event_moves_the_row_and_counts_as_down_for_objectives(watched) -> 
     assert watch.not_serving() == frozenset({"app-2"})
 
 
+def test_judge_follows_node_rows_fixed_by_a_resync(watched) -> None:  # noqa: ANN001
+    lab, _ = watched
+    monitor = Monitor(engine_factory=lambda: None)
+    with mock.patch.object(Monitor, "_follow_traffic"):
+        monitor.sync_watches()
+        # An event was missed; reconcile (another process) corrects the row.
+        Node.objects.filter(lab=lab, name="app-3").update(state=Node.State.DOWN)
+        monitor.sync_watches()
+    assert monitor.watches[str(lab.id)].not_serving() == frozenset({"app-3"})
+
+
+def test_unpaused_node_takes_its_state_from_the_engine(watched, fake_engine) -> None:  # noqa: ANN001
+    lab, watch = watched
+    Node.objects.filter(lab=lab, name="app-1").update(state=Node.State.PAUSED)
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    with mock.patch("sandbox.monitor.publish"):
+        monitor.handle_event(NodeEvent(lab=lab.short_id, name="app-1", action="unpause", time=0.0), fake_engine)
+    assert Node.objects.get(lab=lab, name="app-1").state == Node.State.HEALTHY
+
+
 def test_unreadable_report_is_ignored(watched) -> None:  # noqa: ANN001
     lab, watch = watched
     with mock.patch("sandbox.monitor.publish") as publish:
