@@ -317,23 +317,26 @@ class Engine:
             raise EngineError(f"Could not run a command in {node}: {exc}") from exc
         return ExecResult(exit_code=exit_code, output=(output or b"").decode(errors="replace"))
 
-    def kill_node(self, lab: str, node: str) -> None:
-        try:
-            self._container(lab, node).kill()
-        except docker.errors.APIError as exc:
-            raise EngineError(f"Could not kill {node}: {exc.explanation or exc}") from exc
+    NODE_ACTIONS = ("kill", "stop", "pause", "unpause", "restart")
 
-    def stop_node(self, lab: str, node: str) -> None:
+    def act_on_node(self, lab: str, node: str, action: str) -> None:
+        """kill, stop, pause, unpause or restart one node."""
+        if action not in self.NODE_ACTIONS:
+            raise ValueError(f"unknown node action {action!r}")
+        container = self._container(lab, node)
         try:
-            self._container(lab, node).stop(timeout=5)
+            if action == "kill":
+                container.kill()
+            elif action == "stop":
+                container.stop(timeout=5)
+            elif action == "pause":
+                container.pause()
+            elif action == "unpause":
+                container.unpause()
+            else:
+                container.restart(timeout=5)
         except docker.errors.APIError as exc:
-            raise EngineError(f"Could not stop {node}: {exc.explanation or exc}") from exc
-
-    def pause_node(self, lab: str, node: str) -> None:
-        try:
-            self._container(lab, node).pause()
-        except docker.errors.APIError as exc:
-            raise EngineError(f"Could not pause {node}: {exc.explanation or exc}") from exc
+            raise EngineError(f"Could not {action} {node}: {exc.explanation or exc}") from exc
 
     # -- whole labs -------------------------------------------------------------------------
 

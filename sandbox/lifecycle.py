@@ -19,20 +19,23 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from .engine import Engine, EngineError, ExecResult, Health, Network, NodeRun
+from . import timeline
+from .engine import Engine, EngineError, EngineUnavailable, ExecResult, Health, Network, NodeRun
 from .live import publish
-from .models import Lab, Node, ObjectiveResult
+from .models import Lab, LabEvent, Node, ObjectiveResult
 from .nodestates import state_from_status
 from .payloads import lab_payload, node_payload
-from .specs import LabPackage, NodeSpec, load_lab
+from .specs import LabNotFound, LabPackage, LabSpec, NodeSpec, load_lab
 
 logger = logging.getLogger(__name__)
 
 State = Lab.State
 FIRST_NODE_ADDRESS = 10  # .1 is the gateway; nodes take .10, .11, ... in spec order
 HEALTH_POLL_SECONDS = 0.25
+WAITING = "Waiting for the first traffic figures"
 STUCK_STOPPING = timedelta(minutes=2)
 
 
@@ -65,6 +68,8 @@ def _move(lab_id: Any, expected: Iterable[str], new: str, **fields: Any) -> bool
         lab = Lab.objects.get(pk=lab_id)
         logger.info("lab %s: -> %s %s", lab.short_id, new, fields.get("reason", ""))
         publish(str(lab.id), lab_payload(lab))
+        reason = fields.get("reason")
+        timeline.record(lab.pk, LabEvent.Kind.LAB, f"Lab {new}" + (f": {reason}" if reason else ""))
     return bool(changed)
 
 
@@ -112,10 +117,56 @@ def request_stop(lab: Lab, reason: str = "Stopped by the learner.") -> None:
     _after_commit("stop_lab", str(lab.id), reason)
 
 
+def _require_ready(lab: Lab, doing: str) -> LabSpec:
+    if lab.state != State.READY:
+        raise LabError(f"The lab must be running to {doing}.")
+    return load_lab(lab.lab_slug).spec
+
+
 def request_break(lab: Lab) -> None:
+    """The lesson's scripted break: the fault the spec names under `break`."""
     if lab.state != State.READY:
         raise LabError("The lab can be broken once it is ready.")
-    _after_commit("break_lab", str(lab.id))
+    request_fault(lab, load_lab(lab.lab_slug).spec.break_)
+
+
+def request_fault(lab: Lab, key: str) -> None:
+    spec = _require_ready(lab, "inject a fault")
+    if spec.fault(key) is None:
+        raise LabNotFound(f"This lab has no fault called {key!r}.")
+    _after_commit("inject_fault", str(lab.id), key)
+
+
+def request_restart(lab: Lab, node: str) -> None:
+    spec = _require_ready(lab, "restart a node")
+    if node not in spec.instances:
+        raise LabNotFound(f"This lab has no node called {node!r}.")
+    _after_commit("restart_node", str(lab.id), node)
+
+
+def request_reset(lab: Lab) -> None:
+    _require_ready(lab, "reset it")
+    _after_commit("reset_lab", str(lab.id))
+
+
+def request_skip(lab: Lab) -> None:
+    """Run the solution for the learner; what it makes pass is recorded as skipped, not passed."""
+    _require_ready(lab, "run its solution")
+    Lab.objects.filter(pk=lab.pk, skipped_at=None).update(skipped_at=timezone.now())
+    timeline.record(lab.pk, LabEvent.Kind.CONTROL, "Skipped: running the solution")
+    _after_commit("skip_lab", str(lab.id))
+
+
+def next_hint(lab: Lab) -> tuple[int, int, str]:
+    """Reveal the next hint: (its number from 1, how many there are, its text)."""
+    if not lab.is_live:
+        raise LabError(f"This lab is {lab.state}.")
+    hints = load_lab(lab.lab_slug).spec.hints
+    if not Lab.objects.filter(pk=lab.pk, hints_shown__lt=len(hints)).update(hints_shown=F("hints_shown") + 1):
+        raise LabError(f"No more hints: this lab has {len(hints)}." if hints else "This lab has no hints.")
+    lab.refresh_from_db(fields=["hints_shown"])
+    timeline.record(lab.pk, LabEvent.Kind.HINT, f"Hint {lab.hints_shown} of {len(hints)} shown")
+    return lab.hints_shown, len(hints), hints[lab.hints_shown - 1]
 
 
 # -- provision --------------------------------------------------------------------------------
@@ -229,8 +280,8 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
             started[node.name] = set(node.instances)
         _wait_healthy(engine, lab, {run.name for _, run in runs}, deadline)
         ObjectiveResult.objects.bulk_create(
-            ObjectiveResult(lab=lab, key=objective.key, reason="Waiting for the first traffic figures")
-            for objective in package.spec.objectives
+            (ObjectiveResult(lab=lab, key=objective.key, reason=WAITING) for objective in package.spec.objectives),
+            ignore_conflicts=True,  # a reset keeps its rows (and the progress in them)
         )
         _step(lab, "All nodes healthy")
     except Exception as exc:
@@ -271,17 +322,78 @@ def fail_lab(lab_id: str, reason: str) -> None:
 # -- while ready ------------------------------------------------------------------------------
 
 
-def break_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> None:
-    """Run the lab's scripted break (e.g. kill a replica) once it is ready."""
+def inject_fault(lab_id: str, key: str, engine_factory: EngineFactory | None = None) -> None:
+    """Do what a fault says to a ready lab, and put it on the timeline (done, or why not).
+
+    An engine that is away raises (the task retries); an action the engine refuses (e.g. kill a
+    node that is already down) is a fact for the learner, not an error to retry."""
+    lab = Lab.objects.get(pk=lab_id)
+    spec = load_lab(lab.lab_slug).spec
+    fault = spec.fault(key)
+    if lab.state != State.READY or fault is None:
+        return
+    engine = _engine(engine_factory)
+    try:
+        if fault.action == "exec":
+            assert fault.command is not None  # the spec guarantees it
+            result = engine.exec(lab.short_id, fault.node, fault.command, user=fault.user)
+            if result.exit_code != 0:
+                raise EngineError(
+                    result.output.strip().splitlines()[-1] if result.output.strip() else f"exit code {result.exit_code}"
+                )
+        else:
+            engine.act_on_node(lab.short_id, fault.node, fault.action)
+    except EngineUnavailable:
+        raise
+    except EngineError as exc:
+        timeline.record(lab.pk, LabEvent.Kind.FAULT, f"Fault {fault.title} failed: {exc}")
+        return
+    if key == spec.break_:
+        Lab.objects.filter(pk=lab.pk).update(broken_at=timezone.now())
+    timeline.record(lab.pk, LabEvent.Kind.FAULT, f"Fault: {fault.title}")
+
+
+def restart_node(lab_id: str, node: str, engine_factory: EngineFactory | None = None) -> None:
     lab = Lab.objects.get(pk=lab_id)
     if lab.state != State.READY:
         return
-    scripted = load_lab(lab.lab_slug).spec.break_
-    engine = _engine(engine_factory)
-    act = {"kill": engine.kill_node, "stop": engine.stop_node, "pause": engine.pause_node}[scripted.action]
-    act(lab.short_id, scripted.node)
-    Lab.objects.filter(pk=lab.pk).update(broken_at=timezone.now())
-    _step(lab, f"Break: {scripted.description}")
+    try:
+        _engine(engine_factory).act_on_node(lab.short_id, node, "restart")
+    except EngineUnavailable:
+        raise
+    except EngineError as exc:
+        timeline.record(lab.pk, LabEvent.Kind.CONTROL, f"Restart of {node} failed: {exc}")
+        return
+    timeline.record(lab.pk, LabEvent.Kind.CONTROL, f"Restarted {node}")
+
+
+def reset_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> None:
+    """Put a ready lab back to its start: fresh containers from the spec, objectives pending
+    again (progress already earned stays), a new time-to-live."""
+    if not _move(lab_id, [State.READY], State.REQUESTED):
+        return
+    lab = Lab.objects.get(pk=lab_id)
+    timeline.record(lab.pk, LabEvent.Kind.CONTROL, "Reset: the lab starts again from scratch")
+    try:
+        _engine(engine_factory).remove_lab(lab.short_id)
+    except EngineError as exc:
+        _move(lab.pk, [State.REQUESTED], State.FAILED, reason=f"Reset failed: {exc}", stopped_at=timezone.now())
+        return
+    Node.objects.filter(lab=lab).delete()
+    ObjectiveResult.objects.filter(lab=lab).update(status=ObjectiveResult.Status.PENDING, reason=WAITING)
+    Lab.objects.filter(pk=lab.pk).update(steps=[], broken_at=None, subnet="")
+    provision_lab(lab_id, engine_factory)
+
+
+def skip_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> None:
+    lab = Lab.objects.get(pk=lab_id)
+    if lab.state != State.READY:
+        return
+    result = run_solution(lab, engine_factory)
+    if result.exit_code == 0:
+        timeline.record(lab.pk, LabEvent.Kind.CONTROL, "The solution ran")
+    else:
+        timeline.record(lab.pk, LabEvent.Kind.CONTROL, f"The solution failed (exit code {result.exit_code})")
 
 
 def run_solution(lab: Lab, engine_factory: EngineFactory | None = None) -> ExecResult:

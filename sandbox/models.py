@@ -32,6 +32,10 @@ class Lab(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     ready_at = models.DateTimeField(null=True, blank=True)
     broken_at = models.DateTimeField(null=True, blank=True)
+    skipped_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the learner had the solution run for them (Skip)."
+    )
+    hints_shown = models.PositiveSmallIntegerField(default=0)
     stopped_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
 
@@ -84,6 +88,29 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
+
+
+class LabEvent(models.Model):
+    """One line of the lab's timeline: what happened, when (node died, fault injected, ...)."""
+
+    class Kind(models.TextChoices):
+        LAB = "lab"
+        NODE = "node"
+        FAULT = "fault"
+        OBJECTIVE = "objective"
+        CONTROL = "control"
+        HINT = "hint"
+
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(auto_now_add=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    message = models.CharField(max_length=300)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%H:%M:%S} {self.kind}: {self.message}"
 
 
 class ObjectiveResult(models.Model):

@@ -24,10 +24,11 @@ from django.db.models import DateTimeField, F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from . import timeline
 from .engine import Engine, EngineError, NodeEvent
 from .lifecycle import connect_engine, reconcile_labs, sync_nodes
 from .live import publish
-from .models import Lab, Node, ObjectiveResult
+from .models import Lab, LabEvent, Node, ObjectiveResult
 from .nodestates import NOT_SERVING, state_from_event, state_from_status
 from .objectives import Sample, judge
 from .payloads import node_payload, objective_payload
@@ -194,6 +195,7 @@ class Monitor:
             state = state_from_status(statuses[0]) if statuses else state
         if state is None:
             return
+        previous = Node.objects.filter(lab_id=lab_id, name=event.name).values_list("state", flat=True).first()
         changed = (
             Node.objects.filter(lab_id=lab_id, name=event.name)
             .exclude(state=state)
@@ -207,6 +209,9 @@ class Monitor:
             logger.info("lab %s: node %s %s (%s)", event.lab, event.name, state, event.action)
             node = Node.objects.get(lab_id=lab_id, name=event.name)
             publish(lab_id, node_payload(node))
+            # The timeline keeps what a learner cares about: a node stopping to serve, and coming back.
+            if state in NOT_SERVING or (state == Node.State.HEALTHY and previous in NOT_SERVING):
+                timeline.record(lab_id, LabEvent.Kind.NODE, f"{event.name} is {state}")
 
     # -- traffic and objectives -------------------------------------------------------------
 
@@ -279,6 +284,8 @@ class Monitor:
                 )
             results.update(**fields)
             logger.info("lab %s: objective %s %s: %s", watch.short_id, key, status, reason)
+            if status != ObjectiveResult.Status.PENDING:
+                timeline.record(watch.lab_id, LabEvent.Kind.OBJECTIVE, f"{title}: {status} ({reason})")
         result = results.first() or ObjectiveResult(key=key)
         result.status, result.reason = status, reason
         publish(watch.lab_id, objective_payload(result, title))

@@ -7,8 +7,9 @@ from typing import Any
 
 from django.utils import timezone
 
+from . import timeline
 from .models import Lab, Node, ObjectiveResult
-from .specs import LabSpecError, load_lab
+from .specs import LabSpec, LabSpecError, load_lab
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -52,6 +53,7 @@ def lab_payload(lab: Lab) -> dict[str, Any]:
         "created_at": _iso(lab.created_at),
         "ready_at": _iso(lab.ready_at),
         "broken_at": _iso(lab.broken_at),
+        "skipped_at": _iso(lab.skipped_at),
         "expires_at": _iso(lab.expires_at),
         "seconds_left": seconds_left,
     }
@@ -59,16 +61,14 @@ def lab_payload(lab: Lab) -> dict[str, Any]:
 
 def snapshot_payload(lab: Lab) -> dict[str, Any]:
     """Everything about a lab at once, sent when a socket (re)connects so the page catches up."""
-    titles: dict[str, str] = {}
     try:
-        spec = load_lab(lab.lab_slug).spec
-        titles = {objective.key: objective.title for objective in spec.objectives}
-        objective_keys = [objective.key for objective in spec.objectives]
+        spec: LabSpec | None = load_lab(lab.lab_slug).spec
     except LabSpecError:
-        objective_keys = []
+        spec = None  # the package went away under a live lab: show what the rows know
     results = {result.key: result for result in lab.objective_results.all()}
     objectives = [
-        objective_payload(results.get(key) or ObjectiveResult(key=key), titles.get(key, key)) for key in objective_keys
+        objective_payload(results.get(objective.key) or ObjectiveResult(key=objective.key), objective.title)
+        for objective in (spec.objectives if spec else [])
     ]
     return {
         "type": "snapshot",
@@ -76,4 +76,17 @@ def snapshot_payload(lab: Lab) -> dict[str, Any]:
         "steps": lab.steps,
         "nodes": [node_payload(node) for node in lab.nodes.all()],
         "objectives": objectives,
+        "timeline": timeline.recent(lab.pk),
+        "faults": [
+            {"key": fault.key, "title": fault.title, "description": fault.description, "node": fault.node}
+            for fault in (spec.faults if spec else [])
+        ],
+        "hints": {"shown": spec.hints[: lab.hints_shown] if spec else [], "total": len(spec.hints) if spec else 0},
+        "solution": _solution_text(lab) if spec and spec.solution.reveal else None,
+        "topology": {"edges": [list(edge) for edge in spec.edges()] if spec else []},
     }
+
+
+def _solution_text(lab: Lab) -> str:
+    package = load_lab(lab.lab_slug)
+    return package.read_script(package.spec.solution.script)

@@ -101,10 +101,22 @@ class TrafficSpec(Strict):
     description: str = ""
 
 
-class BreakSpec(Strict):
-    action: Literal["kill", "stop", "pause"]
-    node: str
+class FaultSpec(Strict):
+    """Something a learner (or the lesson's break) may do to the lab."""
+
+    key: Annotated[str, Field(pattern=NAME)]
+    title: str
     description: str
+    action: Literal["kill", "stop", "pause", "unpause", "restart", "exec"]
+    node: str
+    command: list[str] | None = Field(default=None, description="for action exec: what to run in the node")
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def exec_has_a_command(self) -> FaultSpec:
+        if (self.action == "exec") != (self.command is not None):
+            raise ValueError("command is required for action exec, and only for it")
+        return self
 
 
 class MetricCheck(Strict):
@@ -129,6 +141,7 @@ class SolutionSpec(Strict):
     node: str
     script: str
     user: str | None = None
+    reveal: bool = Field(default=False, description="learners may read the solution script")
 
 
 class LabSpec(Strict):
@@ -139,7 +152,8 @@ class LabSpec(Strict):
     max_ttl_minutes: int = Field(default=180, ge=5, le=1440)
     nodes: list[NodeSpec] = Field(min_length=1)
     traffic: TrafficSpec
-    break_: BreakSpec = Field(alias="break")
+    faults: list[FaultSpec] = []
+    break_: str = Field(alias="break", description="the fault that starts the exercise")
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     hints: list[str] = []
     solution: SolutionSpec
@@ -156,8 +170,14 @@ class LabSpec(Strict):
                     raise ValueError(f"nodes.{node.name}.depends_on: no node named {dependency!r}")
         if self.traffic.node not in instances:
             raise ValueError(f"traffic.node: no node named {self.traffic.node!r}")
-        if self.break_.node not in instances:
-            raise ValueError(f"break.node: no node named {self.break_.node!r}")
+        fault_keys = [fault.key for fault in self.faults]
+        if len(set(fault_keys)) != len(fault_keys):
+            raise ValueError("faults: two faults share a key")
+        for fault in self.faults:
+            if fault.node not in instances:
+                raise ValueError(f"faults.{fault.key}.node: no node named {fault.node!r}")
+        if self.break_ not in fault_keys:
+            raise ValueError(f"break: no fault with key {self.break_!r}")
         if self.solution.node not in instances:
             raise ValueError(f"solution.node: no node named {self.solution.node!r}")
         keys = [objective.key for objective in self.objectives]
@@ -176,6 +196,23 @@ class LabSpec(Strict):
 
     def group_of(self, instance: str) -> str:
         return next(node.name for node in self.nodes if instance in node.instances)
+
+    def fault(self, key: str) -> FaultSpec | None:
+        return next((fault for fault in self.faults if fault.key == key), None)
+
+    @property
+    def instances(self) -> list[str]:
+        return [name for node in self.nodes for name in node.instances]
+
+    def edges(self) -> list[tuple[str, str]]:
+        """Who talks to whom, from depends_on: traffic -> lb -> app-1..3 -> cache, db."""
+        return [
+            (source, target)
+            for node in self.nodes
+            for dependency in node.depends_on
+            for source in node.instances
+            for target in self.node(dependency).instances
+        ]
 
     def objective(self, key: str) -> ObjectiveSpec:
         return next(objective for objective in self.objectives if objective.key == key)

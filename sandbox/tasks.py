@@ -39,8 +39,23 @@ def stop_lab(lab_id: str, reason: str = "") -> None:
 
 
 @shared_task(autoretry_for=(EngineError,), retry_backoff=1, max_retries=3, **ENGINE_TASK)
-def break_lab(lab_id: str) -> None:
-    lifecycle.break_lab(lab_id)
+def inject_fault(lab_id: str, key: str) -> None:
+    lifecycle.inject_fault(lab_id, key)
+
+
+@shared_task(autoretry_for=(EngineError,), retry_backoff=1, max_retries=3, **ENGINE_TASK)
+def restart_node(lab_id: str, node: str) -> None:
+    lifecycle.restart_node(lab_id, node)
+
+
+@shared_task(**ENGINE_TASK)
+def reset_lab(lab_id: str) -> None:
+    lifecycle.reset_lab(lab_id)
+
+
+@shared_task(autoretry_for=(EngineUnavailable,), retry_backoff=1, max_retries=3, **ENGINE_TASK)
+def skip_lab(lab_id: str) -> None:
+    lifecycle.skip_lab(lab_id)
 
 
 @shared_task(**ENGINE_TASK)

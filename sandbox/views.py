@@ -7,13 +7,14 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from . import lifecycle
 from .access import get_lab_for_user
 from .models import Lab
 from .payloads import lab_payload, snapshot_payload
+from .specs import LabNotFound
 
 View = Callable[..., HttpResponse]
 
@@ -58,6 +59,8 @@ def queue_for_owner(request: HttpRequest, lab_id: str, request_action: Callable[
     lab = get_lab_for_user(request.user, lab_id, write=True)
     try:
         request_action(lab)
+    except LabNotFound as error:
+        raise Http404(str(error)) from error
     except lifecycle.LabError as error:
         return refused(error)
     return JsonResponse(lab_payload(lab), status=202)
@@ -87,3 +90,38 @@ def extend_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
 @api_login_required
 def break_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
     return queue_for_owner(request, lab_id, lifecycle.request_break)
+
+
+@require_POST
+@api_login_required
+def inject_fault(request: HttpRequest, lab_id: str, key: str) -> JsonResponse:
+    return queue_for_owner(request, lab_id, lambda lab: lifecycle.request_fault(lab, key))
+
+
+@require_POST
+@api_login_required
+def restart_node(request: HttpRequest, lab_id: str, node: str) -> JsonResponse:
+    return queue_for_owner(request, lab_id, lambda lab: lifecycle.request_restart(lab, node))
+
+
+@require_POST
+@api_login_required
+def reset_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
+    return queue_for_owner(request, lab_id, lifecycle.request_reset)
+
+
+@require_POST
+@api_login_required
+def skip_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
+    return queue_for_owner(request, lab_id, lifecycle.request_skip)
+
+
+@require_POST
+@api_login_required
+def next_hint(request: HttpRequest, lab_id: str) -> JsonResponse:
+    lab = get_lab_for_user(request.user, lab_id, write=True)
+    try:
+        index, total, hint = lifecycle.next_hint(lab)
+    except lifecycle.LabError as error:
+        return refused(error)
+    return JsonResponse({"index": index, "total": total, "hint": hint})

@@ -60,6 +60,8 @@ class FakeEngine:
         self.fail_on_start: str | None = None
         self.removed: list[str] = []
         self.images: list[Path] = []
+        self.actions: list[tuple[str, str]] = []
+        self.execs: list[tuple[str, list[str]]] = []
 
     def container_name(self, lab: str, node: str) -> str:
         return f"fake-{lab}-{node}"
@@ -86,16 +88,14 @@ class FakeEngine:
         ]
 
     def exec(self, lab: str, node: str, command: list[str], user: str | None = None) -> ExecResult:
+        self.execs.append((node, command))
         return ExecResult(exit_code=0, output="ok")
 
-    def kill_node(self, lab: str, node: str) -> None:
-        self.nodes[(lab, node)] = "exited"
-
-    def stop_node(self, lab: str, node: str) -> None:
-        self.nodes[(lab, node)] = "exited"
-
-    def pause_node(self, lab: str, node: str) -> None:
-        self.nodes[(lab, node)] = "paused"
+    def act_on_node(self, lab: str, node: str, action: str) -> None:
+        if (lab, node) not in self.nodes:
+            raise EngineError(f"Node {node} does not exist in this lab")
+        self.actions.append((node, action))
+        self.nodes[(lab, node)] = {"kill": "exited", "stop": "exited", "pause": "paused"}.get(action, "running")
 
     def remove_lab(self, lab: str) -> int:
         self.removed.append(lab)

@@ -66,3 +66,23 @@ def test_launch_creates_the_lab_once_and_queues_provisioning(learner, django_cap
 def test_launch_needs_post_and_login(learner) -> None:  # noqa: ANN001
     assert Client().post("/api/lessons/load-balancing/lab").status_code == 401
     assert logged_in(learner).get("/api/lessons/load-balancing/lab").status_code == 405
+
+
+def test_progress_tells_passed_from_skipped(learner) -> None:  # noqa: ANN001
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from sandbox import lifecycle
+    from sandbox.models import ObjectiveResult
+
+    lab, _ = lifecycle.request_lab(learner, "scaling-load-balancer", "load-balancing")
+    now = timezone.now()
+    Lab.objects.filter(pk=lab.pk).update(state=Lab.State.STOPPED, skipped_at=now)
+    ObjectiveResult.objects.create(lab=lab, key="traffic-flows", status="met", first_met_at=now - timedelta(minutes=5))
+    ObjectiveResult.objects.create(
+        lab=lab, key="survives-replica-loss", status="met", first_met_at=now + timedelta(seconds=40)
+    )
+    page = logged_in(learner).get("/lessons/load-balancing/").content.decode()
+    assert "first met" in page
+    assert "skipped (solution run for you)" in page

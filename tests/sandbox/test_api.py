@@ -95,6 +95,50 @@ def test_break_before_ready_is_refused(learner) -> None:  # noqa: ANN001
     assert response.json()["error"] == "The lab can be broken once it is ready."
 
 
+def test_snapshot_carries_faults_timeline_hints_solution_and_topology(learner, ready_lab: Lab) -> None:  # noqa: ANN001
+    body = client_for(learner).get(f"/api/labs/{ready_lab.id}/").json()
+    assert {"key": "kill-app-2", "title": "Kill replica app-2", "node": "app-2"}.items() <= body["faults"][0].items()
+    assert body["hints"] == {"shown": [], "total": 3}
+    assert "option httpchk" in body["solution"]
+    assert ["traffic", "lb"] in body["topology"]["edges"]
+    assert body["timeline"] == []
+
+
+def test_fault_endpoint_queues_a_known_fault_and_404s_an_unknown_one(
+    learner, ready_lab: Lab, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001, E501
+    client = client_for(learner)
+    with django_capture_on_commit_callbacks() as queued:
+        assert client.post(f"/api/labs/{ready_lab.id}/faults/pause-app-3").status_code == 202
+        assert client.post(f"/api/labs/{ready_lab.id}/faults/drop-tables").status_code == 404
+        assert client.post(f"/api/labs/{ready_lab.id}/nodes/app-9/restart").status_code == 404
+        assert client.post(f"/api/labs/{ready_lab.id}/nodes/app-1/restart").status_code == 202
+        assert client.post(f"/api/labs/{ready_lab.id}/reset").status_code == 202
+    assert len(queued) == 3
+
+
+def test_hint_endpoint_reveals_hints_in_order(learner, ready_lab: Lab) -> None:  # noqa: ANN001
+    client = client_for(learner)
+    first = client.post(f"/api/labs/{ready_lab.id}/hints/next").json()
+    assert (first["index"], first["total"]) == (1, 3)
+    client.post(f"/api/labs/{ready_lab.id}/hints/next")
+    client.post(f"/api/labs/{ready_lab.id}/hints/next")
+    exhausted = client.post(f"/api/labs/{ready_lab.id}/hints/next")
+    assert exhausted.status_code == 409
+    snapshot = client.get(f"/api/labs/{ready_lab.id}/").json()
+    assert len(snapshot["hints"]["shown"]) == 3
+    assert [e["kind"] for e in snapshot["timeline"]] == ["hint", "hint", "hint"]
+
+
+def test_controls_on_a_lab_that_is_not_running_are_refused(learner) -> None:  # noqa: ANN001
+    lab, _ = lifecycle.request_lab(learner, "scaling-load-balancer", "load-balancing")
+    client = client_for(learner)
+    for path in ("faults/pause-app-3", "nodes/app-1/restart", "reset", "skip"):
+        response = client.post(f"/api/labs/{lab.id}/{path}")
+        assert response.status_code == 409
+        assert response.json()["error"].startswith("The lab must be running to")
+
+
 def test_state_changing_api_needs_csrf(learner, ready_lab: Lab) -> None:  # noqa: ANN001
     client = Client(enforce_csrf_checks=True)
     client.force_login(learner)

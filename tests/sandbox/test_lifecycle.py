@@ -13,8 +13,8 @@ from django.db import connection
 from django.utils import timezone
 
 from sandbox import lifecycle, tasks
-from sandbox.engine import Engine, EngineError, EngineUnavailable
-from sandbox.models import Lab, Node, ObjectiveResult
+from sandbox.engine import Engine, EngineError, EngineUnavailable, ExecResult
+from sandbox.models import Lab, LabEvent, Node, ObjectiveResult
 from sandbox.specs import LabNotFound
 from tests.conftest import FakeEngine
 
@@ -255,7 +255,7 @@ def test_reconcile_fails_a_ready_lab_whose_containers_vanished(learner, fake_eng
 def test_reconcile_marks_nodes_the_engine_lost(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
     lab = ready_lab(learner, fake_engine)
     Node.objects.filter(lab=lab).update(state=Node.State.HEALTHY)
-    fake_engine.kill_node(lab.short_id, "app-3")
+    fake_engine.act_on_node(lab.short_id, "app-3", "kill")
     report = lifecycle.reconcile_labs(engine_factory=lambda: fake_engine)
     assert report["resynced"] == [lab.short_id]
     assert Node.objects.get(lab=lab, name="app-3").state == Node.State.DOWN
@@ -264,8 +264,79 @@ def test_reconcile_marks_nodes_the_engine_lost(learner, fake_engine: FakeEngine)
 
 def test_break_kills_the_scripted_node(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
     lab = ready_lab(learner, fake_engine)
-    lifecycle.break_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lifecycle.inject_fault(str(lab.id), "kill-app-2", engine_factory=lambda: fake_engine)
     lab.refresh_from_db()
     assert fake_engine.nodes[(lab.short_id, "app-2")] == "exited"
     assert lab.broken_at is not None
-    assert lab.steps[-1]["message"] == "Break: kill replica app-2"
+    assert LabEvent.objects.filter(lab=lab).last().message == "Fault: Kill replica app-2"
+
+
+def test_exec_fault_runs_its_command_in_its_node(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    lifecycle.inject_fault(str(lab.id), "slow-app-1", engine_factory=lambda: fake_engine)
+    assert fake_engine.execs == [("app-1", ["app-fault", "slow", "800"])]
+    lab.refresh_from_db()
+    assert lab.broken_at is None  # not the lesson's break
+
+
+def test_fault_the_engine_refuses_is_told_on_the_timeline(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    fake_engine.exec = lambda *args, **kwargs: ExecResult(exit_code=1, output="sed: can't read cfg\n")
+    lifecycle.inject_fault(str(lab.id), "bad-lb-config", engine_factory=lambda: fake_engine)
+    assert LabEvent.objects.filter(lab=lab).last().message == (
+        "Fault Push a bad load balancer config failed: sed: can't read cfg"
+    )
+
+
+def test_request_of_an_unknown_fault_is_not_found(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    with pytest.raises(LabNotFound):
+        lifecycle.request_fault(lab, "rm-rf")
+
+
+def test_restart_node_restarts_it(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    lifecycle.restart_node(str(lab.id), "app-3", engine_factory=lambda: fake_engine)
+    assert fake_engine.actions == [("app-3", "restart")]
+    assert LabEvent.objects.filter(lab=lab).last().message == "Restarted app-3"
+
+
+def test_reset_rebuilds_the_lab_and_keeps_progress(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    met_at = timezone.now()
+    ObjectiveResult.objects.filter(lab=lab, key="traffic-flows").update(status="met", first_met_at=met_at)
+    lifecycle.inject_fault(str(lab.id), "kill-app-2", engine_factory=lambda: fake_engine)
+    lifecycle.reset_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.READY
+    assert lab.broken_at is None
+    assert fake_engine.nodes[(lab.short_id, "app-2")] == "running"
+    assert fake_engine.removed == [lab.short_id]
+    result = ObjectiveResult.objects.get(lab=lab, key="traffic-flows")
+    assert (result.status, result.first_met_at) == ("pending", met_at)
+    assert Node.objects.filter(lab=lab).count() == 7
+
+
+def test_hints_come_one_at_a_time_until_none_are_left(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    total = len(lifecycle.load_lab(LAB).spec.hints)
+    seen = [lifecycle.next_hint(lab) for _ in range(total)]
+    assert [index for index, _, _ in seen] == list(range(1, total + 1))
+    assert seen[0][2].startswith("Look at the figures per replica")
+    with pytest.raises(lifecycle.LabError, match=f"No more hints: this lab has {total}."):
+        lifecycle.next_hint(lab)
+
+
+def test_skip_runs_the_solution_and_is_recorded(
+    learner, fake_engine: FakeEngine, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001, E501
+    lab = ready_lab(learner, fake_engine)
+    with django_capture_on_commit_callbacks() as queued:
+        lifecycle.request_skip(lab)
+    lab.refresh_from_db()
+    assert lab.skipped_at is not None
+    assert len(queued) == 1
+    lifecycle.skip_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    assert fake_engine.execs[0][0] == "lb"
+    assert fake_engine.execs[0][1][:2] == ["sh", "-c"]
+    assert LabEvent.objects.filter(lab=lab).last().message == "The solution ran"

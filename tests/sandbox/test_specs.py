@@ -50,10 +50,29 @@ def test_unknown_key_is_named(lab_copy: Path) -> None:
     assert "nodes.0.replica: Extra inputs are not permitted" in str(error.value)
 
 
-def test_break_of_a_missing_node_is_named(lab_copy: Path) -> None:
-    rewrite(lab_copy, lambda d: d["break"].update(node="app-9"))
-    with pytest.raises(LabSpecError, match="break.node: no node named 'app-9'"):
+def test_break_naming_an_unknown_fault_is_named(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: d.update({"break": "kill-app-9"}))
+    with pytest.raises(LabSpecError, match="break: no fault with key 'kill-app-9'"):
         parse_lab(lab_copy)
+
+
+def test_fault_on_a_missing_node_is_named(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: d["faults"][0].update(node="app-9"))
+    with pytest.raises(LabSpecError, match="faults.kill-app-2.node: no node named 'app-9'"):
+        parse_lab(lab_copy)
+
+
+def test_exec_fault_needs_a_command(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: d["faults"][2].pop("command"))
+    with pytest.raises(LabSpecError, match="faults.2: command is required for action exec"):
+        parse_lab(lab_copy)
+
+
+def test_topology_edges_follow_depends_on() -> None:
+    edges = load_lab("scaling-load-balancer").spec.edges()
+    assert ("traffic", "lb") in edges
+    assert {("lb", f"app-{i}") for i in (1, 2, 3)} <= set(edges)
+    assert ("app-2", "db") in edges and ("app-2", "cache") in edges
 
 
 def test_objective_on_an_unknown_group_is_named(lab_copy: Path) -> None:
