@@ -173,6 +173,18 @@ async def test_learner_breaks_and_fixes_the_first_lab(engine: Engine, monitor: M
         progress = await database_sync_to_async(ObjectiveResult.objects.get)(lab=lab, key="survives-replica-loss")
         assert progress.first_met_at is not None
 
+        # A declared fault from the panel, run inside a replica: half of app-1's answers fail.
+        await in_thread(lifecycle.inject_fault, str(lab.id), "errors-app-1")
+        await receive_until(
+            communicator,
+            lambda m: m.get("type") == "event" and m["message"] == "Fault: app-1 fails half its requests",
+            10,
+            "the fault on the timeline",
+        )
+        await receive_until(
+            communicator, lambda m: m.get("type") == "metrics" and m["error_rate"] > 0.05, 10, "errors from app-1"
+        )
+
         # Stop: nothing of the lab is left on the engine.
         await in_thread(lifecycle.stop_lab, str(lab.id))
         stopped = await receive_until(
