@@ -5,9 +5,9 @@ VENV := .venv
 export STACKLAB_RUN_DIR ?= $(CURDIR)/.run
 export STACKLAB_PORT ?= 8000
 
-.PHONY: setup venv engine images run test lint bench clean-labs
+.PHONY: setup venv frontend engine images run test lint bench bench-page
 
-setup: venv engine images
+setup: venv frontend engine images
 
 venv: $(VENV)/.installed
 
@@ -16,6 +16,15 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+# The lab page's browser libraries (xterm.js, uPlot), installed from package-lock.json and served
+# by Django as static files straight from node_modules. npm ci rewrites node_modules/.package-lock.json.
+frontend: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package-lock.json
+	scripts/ensure-node.sh
+	npm ci --no-audit --no-fund
 	touch $@
 
 # A reachable Docker engine (installed and started on Debian as root), and the lab base image.
@@ -30,6 +39,7 @@ run: setup
 	scripts/run.sh
 
 test: setup
+	scripts/ensure-browser.sh
 	scripts/test.sh $(PYTEST_ARGS)
 
 lint: venv
@@ -38,3 +48,7 @@ lint: venv
 
 bench: setup
 	scripts/with-redis.sh $(VENV)/bin/python bench/lab_timings.py $(BENCH_ARGS)
+
+bench-page: setup
+	scripts/ensure-browser.sh
+	scripts/bench-page.sh $(BENCH_ARGS)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,14 @@ LABEL_OWNER = "stacklab.owner"
 LABEL_NODE = "stacklab.node"
 LABEL_GROUP = "stacklab.group"
 BASE_IMAGE = "debian:bookworm-slim"
+# A login shell, bash where the image has it: what `docker exec -it NODE bash` would give.
+TERMINAL_SHELL = ["sh", "-c", "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi"]
+# Marks every process a terminal starts, so that closing the terminal can hang them all up.
+TERMINAL_MARK = "STACKLAB_TERMINAL"
+# SIGHUP to every process whose environment carries one terminal's mark (given as $1).
+HANGUP = (
+    f'for p in /proc/[0-9]*; do grep -qsxz "{TERMINAL_MARK}=$1" "$p/environ" && kill -HUP "${{p#/proc/}}"; done; true'
+)
 
 
 class EngineError(Exception):
@@ -402,6 +412,38 @@ class Engine:
         except docker.errors.DockerException as exc:
             raise EngineError(f"Lost the output of {node}: {exc}") from exc
 
+    # -- terminals --------------------------------------------------------------------------
+
+    def open_terminal(self, lab: str, node: str, cols: int, rows: int, command: list[str] | None = None) -> Terminal:
+        """An interactive shell (or `command`) on a running node, on a TTY of cols x rows."""
+        container = self._container(lab, node)
+        if container.status != "running":
+            raise EngineError(f"Node {node} is not running ({container.status}): start it before opening a terminal.")
+        api = self.client.api
+        mark = secrets.token_hex(8)
+        try:
+            exec_id = api.exec_create(
+                container.id,
+                command or TERMINAL_SHELL,
+                tty=True,
+                stdin=True,
+                stdout=True,
+                stderr=True,
+                environment={"TERM": "xterm-256color", TERMINAL_MARK: mark},
+            )["Id"]
+            stream = api.exec_start(exec_id, socket=True, tty=True)
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Could not open a terminal on {node}: {exc.explanation or exc}") from exc
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+        terminal = Terminal(api, container.id, exec_id, stream, mark, f"{lab}/{node}")
+        try:
+            terminal.resize(cols, rows)
+        except EngineError:
+            terminal.close()
+            raise
+        return terminal
+
 
 class EventStream:
     """Node events from the engine; iterate it, and `close()` it from another thread to stop."""
@@ -427,3 +469,87 @@ class EventStream:
 
     def close(self) -> None:
         self._stream.close()
+
+
+class Terminal:
+    """A shell on a node's TTY (a `docker exec` with a TTY) as a raw byte stream both ways.
+
+    `read` blocks, so give it a thread of its own; `close` from any other thread ends it.
+    """
+
+    def __init__(
+        self, api: docker.APIClient, container: str, exec_id: str, stream: socket.SocketIO, mark: str, name: str
+    ) -> None:
+        self._api = api
+        self._container = container
+        self._exec_id = exec_id
+        self._mark = mark
+        self._name = name  # lab/node, for log lines
+        self._stream = stream  # the SDK's read-only SocketIO over the hijacked connection
+        self._sock: socket.socket = stream._sock
+        # The connection carries the client's 60 s timeout: an idle shell would "end" after a minute.
+        self._sock.settimeout(None)
+        # The HTTP client parsed the 101 response through a buffered reader over this socket, so
+        # bytes the shell printed in the same packet as the headers may already sit in its buffer.
+        response = getattr(stream, "_response", None)
+        buffered = getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None)
+        self._read = buffered.read1 if getattr(buffered, "raw", None) is stream else stream.read
+        self._close_lock = threading.Lock()
+        self._closed = False
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes of output as soon as there are any; b"" once the shell has ended."""
+        try:
+            return self._read(size)
+        except (OSError, ValueError) as exc:  # ValueError: read after `close` closed the file
+            if not self._closed:
+                logger.info("terminal %s: output stream broke: %s", self._name, exc)
+            return b""
+
+    def write(self, data: bytes) -> None:
+        """Keystrokes or pasted text, as the TTY should receive them."""
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise EngineError("The terminal has closed.") from exc
+
+    def resize(self, cols: int, rows: int) -> None:
+        try:
+            self._api.exec_resize(self._exec_id, height=rows, width=cols)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Could not resize the terminal: {exc}") from exc
+
+    def exit_code(self) -> int | None:
+        """The shell's exit code, or None while it runs (or when the engine cannot tell)."""
+        try:
+            info = self._api.exec_inspect(self._exec_id)
+        except docker.errors.DockerException as exc:
+            logger.info("terminal %s: no exit code: %s", self._name, exc)
+            return None
+        return None if info.get("Running") else info.get("ExitCode")
+
+    def close(self) -> None:
+        """End the terminal: drop the connection and hang up whatever still runs on the TTY.
+
+        Docker keeps an exec running after its client goes away (the shell would live on, holding
+        one of the node's few pids), so every process carrying this terminal's mark gets SIGHUP,
+        as a real terminal's hang-up would send.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a `read` blocked in another thread
+        except OSError:
+            pass  # the engine already closed it
+        self._sock.close()
+        self._stream.close()
+        if self.exit_code() is not None:
+            return
+        try:
+            hangup_id = self._api.exec_create(self._container, ["sh", "-c", HANGUP, "hangup", self._mark])["Id"]
+            self._api.exec_start(hangup_id)
+        except docker.errors.DockerException as exc:
+            # A paused or vanished node: nothing can be hung up now (a removed node took it along).
+            logger.warning("terminal %s: could not hang up its shell: %s", self._name, exc)

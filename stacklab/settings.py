@@ -138,7 +138,15 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# Browser libraries come from npm (package-lock.json, `make` runs `npm ci`) and are served from
+# their dist folders in node_modules: no CDN, no copied files.
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/xterm", BASE_DIR / "node_modules/@xterm/xterm/lib"),
+    ("vendor/xterm", BASE_DIR / "node_modules/@xterm/xterm/css"),
+    ("vendor/xterm-addon-fit", BASE_DIR / "node_modules/@xterm/addon-fit/lib"),
+    ("vendor/uplot", BASE_DIR / "node_modules/uplot/dist"),
+]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 LOGGING = {

@@ -1,6 +1,22 @@
 // The lab panel: launch a lab, then follow it live over its WebSocket.
 // Every message replaces the part of the page it describes, so a reconnect (which starts with a
 // full snapshot) redraws the panel from the lab's current state instead of appending to stale UI.
+//
+// This module owns the socket, the lab's state, the node table, objectives and figures. The other
+// features are modules of their own (topology, charts, timeline, faults, hints, expiry,
+// terminals). Each is made from a small context (`ctx`) and gets the socket's messages by type:
+// `feature.snapshot(message)`, `feature.node(message)`, `feature.metrics(message)`, … plus
+// `feature.lab(lab)` whenever the lab object changes (socket or HTTP answer), `feature.live(state)`
+// when the socket comes or goes, and `feature.reset()` when a new lab replaces the old one.
+
+import { createCharts } from "./charts.js";
+import { createExpiry } from "./expiry.js";
+import { createFaults } from "./faults.js";
+import { createHints } from "./hints.js";
+import { createTerminals } from "./terminal.js";
+import { createTimeline } from "./timeline.js";
+import { createTopology } from "./topology.js";
+import { el, postJSON, say } from "./util.js";
 
 const panel = document.getElementById("lab-panel");
 const csrf = panel.querySelector("input[name=csrfmiddlewaretoken]").value;
@@ -8,43 +24,80 @@ const field = (name) => panel.querySelector(`[data-field="${name}"]`);
 const list = (name) => panel.querySelector(`[data-list="${name}"]`);
 const button = (name) => panel.querySelector(`[data-action="${name}"]`);
 const ENDED = new Set(["stopped", "failed"]);
+const NO_SHELL = new Set(["down", "paused"]); // a stopped or frozen container cannot run one
 
 let labId = panel.dataset.labId || null;
 let labState = null;
+let lastLab = null; // the last lab object seen, so a failed action can redraw the buttons as they were
 let socket = null;
 let retryDelay = 500;
 const nodes = new Map();
 const objectives = new Map();
 
-async function post(url, body = {}) {
-  const response = await fetch(url, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
-    body: JSON.stringify(body),
-  });
-  const payload = await response.json().catch(() => ({ error: response.statusText }));
-  if (!response.ok) throw new Error(payload.error || `HTTP ${response.status}`);
-  return payload;
+const ctx = {
+  panel,
+  nodes,
+  get labId() {
+    return labId;
+  },
+  get labState() {
+    return labState;
+  },
+  url: (path) => `${panel.dataset.apiRoot}${labId}/${path}`,
+  post: (url, body) => postJSON(url, csrf, body),
+  canOpenTerminal(name) {
+    const node = nodes.get(name);
+    return labState === "ready" && Boolean(node) && !NO_SHELL.has(node.state);
+  },
+  openTerminal: (name) => terminals.open(name),
+  extend: () => extend(),
+  // Ask the socket for a fresh snapshot (e.g. after a skip reveals the solution).
+  refresh() {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "snapshot" }));
+  },
+};
+
+const terminals = createTerminals(ctx, document.getElementById("terminals"));
+const features = [
+  createExpiry(ctx, panel),
+  createTopology(ctx, document.getElementById("topology")),
+  createCharts(ctx, panel.querySelector("[data-charts]")),
+  createTimeline(ctx, panel.querySelector("[data-timeline-section]")),
+  createFaults(ctx, panel.querySelector("[data-faults-section]")),
+  createHints(ctx, panel.querySelector("[data-hints-section]")),
+  terminals,
+];
+
+function dispatch(type, message) {
+  for (const feature of features) {
+    if (typeof feature[type] !== "function") continue;
+    try {
+      feature[type](message);
+    } catch (error) {
+      console.error(`lab page: ${type} handler failed`, error); // one broken feature must not stop the others
+    }
+  }
 }
 
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
+// "true" while the socket is open, "false" while it is away (live figures grey out), "ended"
+// once the lab has stopped or failed, "idle" before a lab exists.
+function setLive(state) {
+  panel.dataset.live = state;
+  dispatch("live", state);
 }
 
 function renderLab(lab) {
+  lastLab = lab;
   labState = lab.state;
   field("state").textContent = lab.state;
   field("reason").textContent = lab.state === "failed" ? lab.reason : "";
-  field("expiry").textContent = lab.expires_at && !ENDED.has(lab.state)
-    ? `Ends at ${new Date(lab.expires_at).toLocaleTimeString()}` : "";
   const live = lab.state && !ENDED.has(lab.state);
   button("launch").disabled = Boolean(live);
   button("break").disabled = lab.state !== "ready";
   button("extend").disabled = lab.state !== "ready";
   button("stop").disabled = !live;
+  renderNodes(); // terminal buttons follow the lab's state
+  dispatch("lab", lab);
 }
 
 function renderSteps(steps) {
@@ -52,12 +105,27 @@ function renderSteps(steps) {
 }
 
 function renderNodes() {
+  if (!nodes.size) {
+    const row = el("tr");
+    const cell = el("td", "muted", labId ? "No nodes yet." : "Launch the lab to see its nodes.");
+    cell.colSpan = 5;
+    row.append(cell);
+    list("nodes").replaceChildren(row);
+    return;
+  }
   const rows = [...nodes.values()].map((node) => {
     const row = el("tr", `node state-${node.state}`);
     row.dataset.node = node.name;
     const name = el("td", "", node.name);
     name.title = `docker exec -it ${node.container} sh`;
-    row.append(name, el("td", "", node.role), el("td", "state", node.state), el("td", "container", node.container));
+    const open = el("button", "small", "Terminal");
+    open.type = "button";
+    open.dataset.terminalOpen = node.name;
+    open.disabled = !ctx.canOpenTerminal(node.name);
+    open.title = open.disabled ? `No shell: ${labState === "ready" ? `${node.name} is ${node.state}` : "the lab is not running"}` : `Open a shell on ${node.name}`;
+    const action = el("td", "action");
+    action.append(open);
+    row.append(name, el("td", "", node.role), el("td", "state", node.state), el("td", "container", node.container), action);
     return row;
   });
   list("nodes").replaceChildren(...rows);
@@ -74,7 +142,9 @@ function renderObjectives() {
 }
 
 function renderMetrics(metrics) {
-  const show = (name, text) => { panel.querySelector(`[data-metric="${name}"]`).textContent = text; };
+  const show = (name, text) => {
+    panel.querySelector(`[data-metric="${name}"]`).textContent = text;
+  };
   show("rps", metrics.rps.toFixed(1));
   show("p50_ms", metrics.p50_ms == null ? "–" : `${metrics.p50_ms.toFixed(0)} ms`);
   show("p95_ms", metrics.p95_ms == null ? "–" : `${metrics.p95_ms.toFixed(0)} ms`);
@@ -85,10 +155,10 @@ function renderMetrics(metrics) {
 
 const handlers = {
   snapshot(message) {
-    renderLab(message.lab);
-    renderSteps(message.steps);
     nodes.clear();
     message.nodes.forEach((node) => nodes.set(node.name, node));
+    renderLab(message.lab);
+    renderSteps(message.steps);
     renderNodes();
     objectives.clear();
     message.objectives.forEach((objective) => objectives.set(objective.key, objective));
@@ -98,11 +168,21 @@ const handlers = {
     renderLab(message);
     if (ENDED.has(message.state) && socket) socket.close(1000);
   },
-  step(message) { list("steps").append(el("li", "", message.message)); },
-  node(message) { nodes.set(message.name, message); renderNodes(); },
-  objective(message) { objectives.set(message.key, message); renderObjectives(); },
+  step(message) {
+    list("steps").append(el("li", "", message.message));
+  },
+  node(message) {
+    nodes.set(message.name, message);
+    renderNodes();
+  },
+  objective(message) {
+    objectives.set(message.key, message);
+    renderObjectives();
+  },
   metrics: renderMetrics,
-  error(message) { console.warn("lab socket:", message.message); },
+  error(message) {
+    console.warn("lab socket:", message.message);
+  },
   pong() {},
 };
 
@@ -130,15 +210,22 @@ function connect() {
     opened = true;
     retryDelay = 500;
     field("connection").textContent = "";
+    setLive("true");
   });
   socket.addEventListener("message", (event) => {
     const message = JSON.parse(event.data);
-    (handlers[message.type] || (() => {}))(message);
+    if (handlers[message.type]) handlers[message.type](message);
+    dispatch(message.type, message);
   });
   socket.addEventListener("close", async (event) => {
     if (event.target !== socket) return; // an older socket, replaced by a newer one
     socket = null;
-    if (ENDED.has(labState) || event.code === 4404 || event.code === 4401) return;
+    if (ENDED.has(labState)) {
+      setLive("ended");
+      return;
+    }
+    setLive("false");
+    if (event.code === 4404 || event.code === 4401) return;
     if (!opened && !(await labStillReachable())) return;
     // The figures on the page are now stale: say so, and come back with a fresh snapshot.
     field("connection").textContent = "(live updates lost, reconnecting…)";
@@ -149,24 +236,45 @@ function connect() {
 
 async function act(name, run) {
   button(name).disabled = true;
+  say(field("control-error"), "");
   try {
     await run();
   } catch (error) {
-    field("reason").textContent = error.message;
+    say(field("control-error"), error.message);
+    if (lastLab) renderLab(lastLab); // give the button back
+    else button(name).disabled = false;
   }
 }
 
-button("launch").addEventListener("click", () => act("launch", async () => {
-  const lab = await post(panel.dataset.launchUrl);
-  labId = lab.id;
+async function extend() {
+  const lab = await ctx.post(ctx.url("extend"), { minutes: 30 });
   renderLab(lab);
-  if (socket) socket.close(1000);
-  connect();
-}));
-button("break").addEventListener("click", () => act("break", () => post(`${panel.dataset.apiRoot}${labId}/break`)));
-button("extend").addEventListener("click", () => act("extend", async () => {
-  renderLab(await post(`${panel.dataset.apiRoot}${labId}/extend`, { minutes: 30 }));
-}));
-button("stop").addEventListener("click", () => act("stop", () => post(`${panel.dataset.apiRoot}${labId}/stop`)));
+  return lab;
+}
 
+button("launch").addEventListener("click", () =>
+  act("launch", async () => {
+    const lab = await ctx.post(panel.dataset.launchUrl);
+    if (lab.id !== labId) {
+      labId = lab.id;
+      panel.dataset.labId = lab.id;
+      nodes.clear();
+      objectives.clear();
+      dispatch("reset");
+    }
+    renderLab(lab);
+    if (socket) socket.close(1000);
+    connect();
+  }),
+);
+button("break").addEventListener("click", () => act("break", () => ctx.post(ctx.url("break"))));
+button("extend").addEventListener("click", () => act("extend", extend));
+button("stop").addEventListener("click", () => act("stop", () => ctx.post(ctx.url("stop"))));
+
+list("nodes").addEventListener("click", (event) => {
+  const open = event.target.closest("[data-terminal-open]");
+  if (open && !open.disabled) ctx.openTerminal(open.dataset.terminalOpen);
+});
+
+setLive(labId ? "false" : "idle");
 connect();

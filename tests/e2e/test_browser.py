@@ -1,0 +1,128 @@
+"""The lab page in a real browser (Debian's Chromium, driven by Playwright), as a learner uses
+it: log in, open the first lesson, launch the lab, kill a replica from the fault panel, watch the
+node go down and the errors rise, open a terminal on the load balancer, type the fix, and watch
+the objective turn green. Screenshots of each step go to artifacts/browser/."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ROOT
+
+pytestmark = [pytest.mark.browser, pytest.mark.docker]
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "artifacts" / "browser"
+# What a learner types in the load balancer's terminal: turn on HTTP health checks (and retry a
+# request caught on a dying replica elsewhere), then reload HAProxy.
+FIX = (
+    r"sed -i 's/^    balance roundrobin$/    balance roundrobin\n    option httpchk GET \/healthz\n"
+    r"    default-server check inter 500ms fall 1 rise 2\n    option redispatch\n    retries 2/' "
+    r"/etc/haproxy/haproxy.cfg && haproxy-reload"
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from tests.conftest import unavailable
+
+    if not CHROMIUM.exists():
+        unavailable("Chromium (/usr/bin/chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("Playwright for Python")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, stacklab: str):  # noqa: ANN001, ANN201
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, base_url=stacklab)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:  # noqa: ANN001
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def error_rate(page) -> float:  # noqa: ANN001
+    text = page.locator("[data-metric=error_rate]").inner_text()
+    match = re.search(r"[\d.]+", text)
+    return float(match.group()) if match else 0.0
+
+
+def test_learner_kills_a_replica_and_fixes_the_load_balancer_in_the_browser(page) -> None:  # noqa: ANN001
+    # The instructor demo account is also a learner; the smoke test uses the learner account.
+    page.goto("/accounts/login/")
+    page.fill("#id_username", "instructor")
+    page.fill("#id_password", "stacklab-demo")
+    page.click("button[type=submit]")
+    page.goto("/lessons/load-balancing/")
+    shot(page, "01-lesson")
+
+    page.click("[data-action=launch]")
+    page.wait_for_function(
+        "document.querySelector('[data-field=state]').textContent.trim() === 'ready'", timeout=180_000
+    )
+    page.wait_for_selector("[data-objective=traffic-flows].met", timeout=60_000)
+    shot(page, "02-ready")
+
+    page.click("[data-fault=kill-app-2]")
+    page.wait_for_selector("tr[data-node=app-2].state-down", timeout=15_000)
+    page.wait_for_selector("#topology [data-node=app-2][data-state=down]", timeout=5_000)
+    page.wait_for_function(
+        "parseFloat(document.querySelector('[data-metric=error_rate]').textContent) > 10", timeout=15_000
+    )
+    page.wait_for_selector("[data-objective=survives-replica-loss].failing", timeout=20_000)
+    page.wait_for_selector("[data-timeline] li:has-text('Kill replica app-2')", timeout=5_000)
+    assert error_rate(page) > 10
+    shot(page, "03-replica-down")
+
+    page.click("[data-terminal-open=lb]")
+    terminal = page.locator(".terminal[data-node=lb]")
+    terminal.locator(".xterm").wait_for(timeout=15_000)
+    terminal.locator(".xterm").click()
+    page.wait_for_function(
+        "document.querySelector('.terminal[data-node=lb] .xterm-rows').textContent.includes('$')", timeout=15_000
+    )
+    page.keyboard.type(FIX)
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "document.querySelector('.terminal[data-node=lb] .xterm-rows').textContent.includes('configuration valid')",
+        timeout=15_000,
+    )
+    shot(page, "04-fix-typed")
+
+    page.wait_for_selector("[data-objective=survives-replica-loss].met", timeout=90_000)
+    assert error_rate(page) < 1
+    shot(page, "05-objective-met")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("[data-action=stop]")
+    page.wait_for_function(
+        "document.querySelector('[data-field=state]').textContent.trim() === 'stopped'", timeout=60_000
+    )
+    page.wait_for_selector(".terminal[data-node=lb] >> text=/lab is stopped/i", timeout=10_000)
+    shot(page, "06-stopped")
