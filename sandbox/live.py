@@ -7,6 +7,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.core.cache import cache
 
 logger = logging.getLogger(__name__)
 
@@ -14,6 +15,25 @@ logger = logging.getLogger(__name__)
 def lab_group(lab_id: str) -> str:
     """The channel-layer group of one lab (ASCII, well under 100 characters)."""
     return f"lab.{lab_id}"
+
+
+METRICS_HISTORY = 300  # one figure a second: the five minutes the page's charts show
+METRICS_KEEP_SECONDS = 3600
+
+
+def _metrics_key(lab_id: str) -> str:
+    return f"lab-metrics:{lab_id}"
+
+
+def remember_metrics(lab_id: str, message: dict[str, Any]) -> None:
+    """Keep the lab's recent traffic figures (only the watcher writes them, one lab per thread)."""
+    history = cache.get(_metrics_key(lab_id)) or []
+    history.append(message)
+    cache.set(_metrics_key(lab_id), history[-METRICS_HISTORY:], timeout=METRICS_KEEP_SECONDS)
+
+
+def metrics_history(lab_id: str) -> list[dict[str, Any]]:
+    return cache.get(_metrics_key(lab_id)) or []
 
 
 def publish(lab_id: str, message: dict[str, Any]) -> None:

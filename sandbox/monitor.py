@@ -27,7 +27,7 @@ from django.utils import timezone
 from . import timeline
 from .engine import Engine, EngineError, NodeEvent
 from .lifecycle import connect_engine, reconcile_labs, sync_nodes
-from .live import publish
+from .live import publish, remember_metrics
 from .models import Lab, LabEvent, Node, ObjectiveResult
 from .nodestates import NOT_SERVING, state_from_event, state_from_status
 from .objectives import Sample, judge
@@ -240,20 +240,19 @@ class Monitor:
         except (ValueError, KeyError, TypeError):
             logger.warning("lab %s: unreadable traffic report %r", watch.short_id, line[:200])
             return
-        publish(
-            watch.lab_id,
-            {
-                "type": "metrics",
-                "t": sample.t,
-                "rps": report.get("rps", 0.0),
-                "p50_ms": report.get("p50_ms"),
-                "p95_ms": sample.p95_ms,
-                "error_rate": report.get("error_rate", 0.0),
-                "completed": sample.completed,
-                "errors": sample.errors,
-                "replicas": report.get("replicas", {}),
-            },
-        )
+        figures = {
+            "type": "metrics",
+            "t": sample.t,
+            "rps": report.get("rps", 0.0),
+            "p50_ms": report.get("p50_ms"),
+            "p95_ms": sample.p95_ms,
+            "error_rate": report.get("error_rate", 0.0),
+            "completed": sample.completed,
+            "errors": sample.errors,
+            "replicas": report.get("replicas", {}),
+        }
+        publish(watch.lab_id, figures)
+        remember_metrics(watch.lab_id, figures)
         watch.samples.append(sample)
         horizon = max(objective.check.window for objective in watch.spec.objectives) + SAMPLE_HISTORY
         while watch.samples and watch.samples[0].t < sample.t - horizon:

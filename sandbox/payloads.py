@@ -8,6 +8,7 @@ from typing import Any
 from django.utils import timezone
 
 from . import timeline
+from .live import metrics_history
 from .models import Lab, Node, ObjectiveResult
 from .specs import LabSpec, LabSpecError, load_lab
 
@@ -77,6 +78,7 @@ def snapshot_payload(lab: Lab) -> dict[str, Any]:
         "nodes": [node_payload(node) for node in lab.nodes.all()],
         "objectives": objectives,
         "timeline": timeline.recent(lab.pk),
+        "metrics": metrics_history(str(lab.pk)),
         "faults": [
             {"key": fault.key, "title": fault.title, "description": fault.description, "node": fault.node}
             for fault in (spec.faults if spec else [])

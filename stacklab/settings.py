@@ -108,6 +108,10 @@ CHANNEL_LAYERS = {
     }
 }
 
+# The watcher keeps each lab's last minutes of traffic figures here, so a reloaded page redraws
+# its charts; shared by the processes through Redis.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", celery_broker_url(REDIS_URL))
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -181,3 +185,4 @@ if TESTING:
     STACKLAB_INSTANCE = os.environ.get("STACKLAB_TEST_INSTANCE", "test")
     CELERY_BROKER_URL = "memory://"
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = "stacklab-test"
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -14,6 +14,7 @@ from sandbox import lifecycle
 from sandbox.engine import NodeEvent
 from sandbox.models import Lab, Node, ObjectiveResult
 from sandbox.monitor import LabWatch, Monitor
+from sandbox.payloads import snapshot_payload
 from sandbox.specs import load_lab
 
 
@@ -58,6 +59,18 @@ def test_clean_traffic_meets_the_flow_objective_and_records_progress(watched) ->
     objectives = [m for m in sent if m["type"] == "objective" and m["key"] == "traffic-flows"]
     assert [m["status"] for m in objectives][-1] == "met"
     assert objectives[-1]["reason"] == "Error rate 0% over 10 s"
+
+
+def test_recent_figures_come_back_in_the_snapshot_for_a_reloaded_page(watched) -> None:  # noqa: ANN001
+    lab, watch = watched
+    monitor = Monitor(engine_factory=lambda: None)
+    with mock.patch("sandbox.monitor.publish"):
+        for second in range(400):
+            monitor.handle_report(watch, report(1000.0 + second))
+    history = snapshot_payload(lab)["metrics"]
+    assert len(history) == 300  # the five minutes the charts show
+    assert [m["t"] for m in history[:2]] == [1100.0, 1101.0]
+    assert history[-1]["replicas"] == {"app-1": 7, "app-2": 7, "app-3": 6}
 
 
 def test_first_met_at_survives_a_later_failure(watched) -> None:  # noqa: ANN001
