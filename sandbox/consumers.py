@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.http import Http404
 
+from . import lifecycle
 from .access import get_lab_for_user
 from .live import lab_group
 from .models import Lab
@@ -59,12 +60,20 @@ class LabConsumer(AsyncWebsocketConsumer):
             await self._send({"type": "pong"})
         elif message["type"] == "snapshot":
             await self._send(await self._snapshot())
+        elif message["type"] == "active":
+            # The page saw the learner at work; only the owner's activity keeps a lab alive.
+            if await self._is_owner():
+                await database_sync_to_async(lifecycle.mark_active)(self.lab_id)
         else:
             await self._error(f"Unknown message type {message['type']!r}.")
 
     async def lab_message(self, event: dict[str, Any]) -> None:
         """A message published to the lab's group (see sandbox.live.publish)."""
         await self._send(event["message"])
+
+    @database_sync_to_async
+    def _is_owner(self) -> bool:
+        return Lab.objects.filter(pk=self.lab_id, owner_id=self.scope["user"].pk).exists()
 
     @database_sync_to_async
     def _snapshot(self) -> dict[str, Any]:

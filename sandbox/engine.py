@@ -20,6 +20,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker.types import CancellableStream
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ LABEL_LAB = "stacklab.lab"
 LABEL_OWNER = "stacklab.owner"
 LABEL_NODE = "stacklab.node"
 LABEL_GROUP = "stacklab.group"
+# On a fault's sidecar instead of LABEL_NODE (it is not a node): the node whose network it changes.
+LABEL_SIDECAR = "stacklab.sidecar"
+SIDECAR_TIMEOUT = 30  # seconds a sidecar may run before it is killed and the fault fails
+SIDECAR_MEMORY = 32 * 1024**2
 BASE_IMAGE = "debian:bookworm-slim"
 # A login shell, bash where the image has it: what `docker exec -it NODE bash` would give.
 TERMINAL_SHELL = ["sh", "-c", "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi"]
@@ -304,6 +309,8 @@ class Engine:
         statuses = []
         for summary in containers:
             labels = summary.get("Labels") or {}
+            if LABEL_NODE not in labels:
+                continue  # a fault's sidecar, not a node
             status_text = summary.get("Status", "")
             health = None
             for word in ("healthy", "unhealthy", "starting"):
@@ -326,6 +333,73 @@ class Engine:
         except docker.errors.DockerException as exc:
             raise EngineError(f"Could not run a command in {node}: {exc}") from exc
         return ExecResult(exit_code=exit_code, output=(output or b"").decode(errors="replace"))
+
+    def run_sidecar(self, lab: str, node: str, image: str, command: list[str], cap_add: list[str]) -> ExecResult:
+        """Run `command` in a short-lived container that shares `node`'s network namespace and
+        holds `cap_add` (e.g. NET_ADMIN for iptables), so the node itself never gets it.
+
+        1. The node must be running: a stopped one has no network namespace to join.
+        2. Create the sidecar hardened like a node (every other capability dropped,
+           no-new-privileges, read-only, small limits) and labelled with the lab, so the
+           reaper and `remove_lab` find one that a crash leaves behind.
+        3. Start it, wait up to SIDECAR_TIMEOUT seconds, read its output and exit code.
+        4. Remove it, whatever happened.
+        """
+        target = self._container(lab, node)
+        if target.status not in {"running", "paused"}:
+            raise EngineError(f"Node {node} is not running ({target.status}): its network cannot be changed.")
+        api = self.client.api
+        host_config = api.create_host_config(
+            network_mode=f"container:{target.id}",
+            cap_drop=["ALL"],
+            cap_add=cap_add or None,
+            security_opt=["no-new-privileges:true"],
+            privileged=False,
+            read_only=True,
+            mem_limit=SIDECAR_MEMORY,
+            memswap_limit=SIDECAR_MEMORY,
+            cpu_period=100_000,
+            cpu_quota=25_000,
+            pids_limit=16,
+            log_config={"type": "json-file", "config": {"max-size": "64k", "max-file": "1"}},
+        )
+        owner = int(target.labels.get(LABEL_OWNER) or 0)
+        try:
+            sidecar = api.create_container(
+                image,
+                name=f"{self.container_name(lab, node)}-sidecar-{secrets.token_hex(3)}",
+                command=command,
+                labels=self._labels(lab, owner, **{LABEL_SIDECAR: node}),
+                host_config=host_config,
+            )["Id"]
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Could not start a sidecar next to {node}: {exc.explanation or exc}") from exc
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+        try:
+            api.start(sidecar)
+            exit_code = api.wait(sidecar, timeout=SIDECAR_TIMEOUT)["StatusCode"]
+            output = api.logs(sidecar, stdout=True, stderr=True)
+        # APIError is a requests HTTPError too: it must be caught before the timeout below.
+        except docker.errors.APIError as exc:
+            raise EngineError(f"Could not run a command on {node}'s network: {exc.explanation or exc}") from exc
+        except requests.exceptions.RequestException as exc:
+            raise EngineError(f"The command on {node}'s network did not finish within {SIDECAR_TIMEOUT} s.") from exc
+        finally:
+            self._remove_sidecar(lab, node, sidecar)
+        return ExecResult(exit_code=exit_code, output=output.decode(errors="replace"))
+
+    def _remove_sidecar(self, lab: str, node: str, sidecar: str) -> None:
+        try:
+            self.client.api.remove_container(sidecar, force=True)
+        except docker.errors.NotFound:
+            pass  # the lab was removed meanwhile, sidecar included
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: the lab's removal got there first
+                logger.warning("lab %s: could not remove the sidecar of %s: %s", lab, node, exc)
+        except docker.errors.DockerException as exc:
+            # Labelled with the lab: the reaper or the lab's stop removes it later.
+            logger.warning("lab %s: could not remove the sidecar of %s: %s", lab, node, exc)
 
     NODE_ACTIONS = ("kill", "stop", "pause", "unpause", "restart")
 

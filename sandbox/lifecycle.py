@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import timeline
@@ -36,6 +36,7 @@ State = Lab.State
 FIRST_NODE_ADDRESS = 10  # .1 is the gateway; nodes take .10, .11, ... in spec order
 HEALTH_POLL_SECONDS = 0.25
 WAITING = "Waiting for the first traffic figures"
+ACTIVE_EVERY = timedelta(seconds=30)
 STUCK_STOPPING = timedelta(minutes=2)
 
 
@@ -253,6 +254,8 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
         package = load_lab(lab.lab_slug)
         _step(lab, "Preparing images")
         images = {node.name: engine.ensure_image(package.build_context(node)) for node in package.spec.nodes}
+        if package.spec.has_network_faults:
+            engine.ensure_image(package.tools_context)  # now, so that injecting one is quick
         network = engine.create_network(lab.short_id, lab.owner_id)
         Lab.objects.filter(pk=lab.pk).update(subnet=network.subnet)
         _step(lab, f"Created network {network.subnet}")
@@ -292,7 +295,7 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
     # Outside the try: once ready, nothing may tear the lab down as a "failed provision".
     now = timezone.now()
     expires_at = now + timedelta(minutes=package.spec.ttl_minutes)
-    if not _move(lab.pk, [State.PROVISIONING], State.READY, ready_at=now, expires_at=expires_at):
+    if not _move(lab.pk, [State.PROVISIONING], State.READY, ready_at=now, expires_at=expires_at, last_active_at=now):
         # Stopped while we worked: its stop task (or the reaper) removes what we made.
         logger.info("lab %s: no longer provisioning, leaving cleanup to stop", lab.short_id)
 
@@ -328,15 +331,21 @@ def inject_fault(lab_id: str, key: str, engine_factory: EngineFactory | None = N
     An engine that is away raises (the task retries); an action the engine refuses (e.g. kill a
     node that is already down) is a fact for the learner, not an error to retry."""
     lab = Lab.objects.get(pk=lab_id)
-    spec = load_lab(lab.lab_slug).spec
+    package = load_lab(lab.lab_slug)
+    spec = package.spec
     fault = spec.fault(key)
     if lab.state != State.READY or fault is None:
         return
     engine = _engine(engine_factory)
     try:
-        if fault.action == "exec":
+        if fault.action in {"exec", "network"}:
             assert fault.command is not None  # the spec guarantees it
-            result = engine.exec(lab.short_id, fault.node, fault.command, user=fault.user)
+            if fault.action == "exec":
+                result = engine.exec(lab.short_id, fault.node, fault.command, user=fault.user)
+            else:
+                # A sidecar in the node's network namespace holds NET_ADMIN; the node holds none.
+                tools = engine.ensure_image(package.tools_context)  # built at provisioning: a lookup
+                result = engine.run_sidecar(lab.short_id, fault.node, tools, fault.command, cap_add=["NET_ADMIN"])
             if result.exit_code != 0:
                 raise EngineError(
                     result.output.strip().splitlines()[-1] if result.output.strip() else f"exit code {result.exit_code}"
@@ -406,6 +415,17 @@ def run_solution(lab: Lab, engine_factory: EngineFactory | None = None) -> ExecR
     return _engine(engine_factory).exec(lab.short_id, solution.node, ["sh", "-c", script], user=solution.user)
 
 
+def mark_active(lab_id: Any) -> bool:
+    """The learner is at work (an action, a keystroke, "still here"): push the idle stop back.
+    Writes at most every ACTIVE_EVERY, so typing in a terminal does not write per key."""
+    now = timezone.now()
+    quiet = Q(last_active_at__lt=now - ACTIVE_EVERY) | Q(last_active_at=None)
+    if not Lab.objects.filter(quiet, pk=lab_id, state=State.READY).update(last_active_at=now):
+        return False
+    publish(str(lab_id), lab_payload(Lab.objects.get(pk=lab_id)))
+    return True
+
+
 def extend_lab(lab: Lab, minutes: int) -> Lab:
     """Push the lab's expiry back, up to the spec's maximum lifetime."""
     if lab.state != State.READY or lab.expires_at is None or lab.ready_at is None:
@@ -465,10 +485,16 @@ def _reap_one(lab: Lab, reason: str, engine_factory: EngineFactory | None) -> bo
 def reap_labs(engine_factory: EngineFactory | None = None) -> dict[str, list[str]]:
     """Stop expired labs, unstick stuck ones and remove orphans (run by beat)."""
     now = timezone.now()
-    report: dict[str, list[str]] = {"expired": [], "stuck": [], "orphans": []}
+    report: dict[str, list[str]] = {"expired": [], "idle": [], "stuck": [], "orphans": []}
     for lab in Lab.objects.filter(state=State.READY, expires_at__lt=now):
         if _reap_one(lab, "The lab reached the end of its time.", engine_factory):
             report["expired"].append(lab.short_id)
+    for lab in Lab.objects.filter(state=State.READY, last_active_at__isnull=False):
+        idle = load_lab(lab.lab_slug).spec.idle_minutes
+        assert lab.last_active_at is not None
+        if lab.last_active_at < now - timedelta(minutes=idle):
+            if _reap_one(lab, f"Stopped after {idle} minutes without activity.", engine_factory):
+                report["idle"].append(lab.short_id)
     stuck_before = now - timedelta(seconds=2 * settings.LAB_PROVISION_TIMEOUT)
     for lab in Lab.objects.filter(state__in=[State.REQUESTED, State.PROVISIONING], updated_at__lt=stuck_before):
         if _move(

@@ -38,6 +38,9 @@ class Lab(models.Model):
     hints_shown = models.PositiveSmallIntegerField(default=0)
     stopped_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    last_active_at = models.DateTimeField(
+        null=True, blank=True, help_text="The learner's last action, keystroke or 'still here'."
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -15,6 +15,13 @@ from .specs import LabSpec, LabSpecError, load_lab
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
+
+
+def lab_idle_minutes(lab: Lab) -> int:
+    try:
+        return load_lab(lab.lab_slug).spec.idle_minutes
+    except LabSpecError:
+        return LabSpec.model_fields["idle_minutes"].default
 
 
 def node_payload(node: Node) -> dict[str, Any]:
@@ -41,9 +48,12 @@ def objective_payload(result: ObjectiveResult, title: str) -> dict[str, Any]:
 
 def lab_payload(lab: Lab) -> dict[str, Any]:
     """The lab's state as one message: what a page needs to draw itself from scratch."""
-    seconds_left = None
+    seconds_left = idle_seconds_left = None
     if lab.expires_at and lab.is_live:
         seconds_left = max(0, int((lab.expires_at - timezone.now()).total_seconds()))
+    if lab.last_active_at and lab.state == Lab.State.READY:
+        idle_limit = lab.last_active_at + timedelta(minutes=lab_idle_minutes(lab))
+        idle_seconds_left = max(0, int((idle_limit - timezone.now()).total_seconds()))
     return {
         "type": "lab",
         "id": str(lab.id),
@@ -57,6 +67,7 @@ def lab_payload(lab: Lab) -> dict[str, Any]:
         "skipped_at": _iso(lab.skipped_at),
         "expires_at": _iso(lab.expires_at),
         "seconds_left": seconds_left,
+        "idle_seconds_left": idle_seconds_left,
     }
 
 

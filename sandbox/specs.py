@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 NAME = r"^[a-z][a-z0-9-]{0,30}$"
 SPEC_FILE = "lab.yaml"
+# The image network faults run in (a sidecar in the node's network namespace), relative to the
+# labs folder: shared by every lab, not named in any spec.
+TOOLS_CONTEXT = Path("images/tools")
 
 
 class LabSpecError(Exception):
@@ -107,15 +110,24 @@ class FaultSpec(Strict):
     key: Annotated[str, Field(pattern=NAME)]
     title: str
     description: str
-    action: Literal["kill", "stop", "pause", "unpause", "restart", "exec"]
+    action: Literal["kill", "stop", "pause", "unpause", "restart", "exec", "network"]
     node: str
-    command: list[str] | None = Field(default=None, description="for action exec: what to run in the node")
+    command: list[str] | None = Field(
+        default=None,
+        description="for action exec: what to run in the node; for action network: what to run in a "
+        "sidecar sharing the node's network namespace with NET_ADMIN (e.g. iptables)",
+    )
     user: str | None = None
 
     @model_validator(mode="after")
     def exec_has_a_command(self) -> FaultSpec:
-        if (self.action == "exec") != (self.command is not None):
-            raise ValueError("command is required for action exec, and only for it")
+        runs_a_command = self.action in {"exec", "network"}
+        if runs_a_command and self.command is None:
+            raise ValueError(f"command is required for action {self.action}")
+        if not runs_a_command and self.command is not None:
+            raise ValueError("command is only for actions exec and network")
+        if self.action == "network" and self.user is not None:
+            raise ValueError("user: a network fault runs as root in its sidecar")
         return self
 
 
@@ -150,6 +162,7 @@ class LabSpec(Strict):
     summary: str = ""
     ttl_minutes: int = Field(default=60, ge=5, le=480)
     max_ttl_minutes: int = Field(default=180, ge=5, le=1440)
+    idle_minutes: int = Field(default=30, ge=5, le=480, description="stop after this long without activity")
     nodes: list[NodeSpec] = Field(min_length=1)
     traffic: TrafficSpec
     faults: list[FaultSpec] = []
@@ -201,6 +214,10 @@ class LabSpec(Strict):
         return next((fault for fault in self.faults if fault.key == key), None)
 
     @property
+    def has_network_faults(self) -> bool:
+        return any(fault.action == "network" for fault in self.faults)
+
+    @property
     def instances(self) -> list[str]:
         return [name for node in self.nodes for name in node.instances]
 
@@ -250,6 +267,11 @@ class LabPackage:
     def read_script(self, relative: str) -> str:
         return (self.root / relative).read_text()
 
+    @property
+    def tools_context(self) -> Path:
+        """The build context of the network-fault sidecar (the labs folder's `images/tools`)."""
+        return (self.root.parent / TOOLS_CONTEXT).resolve()
+
 
 def _format_validation_error(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid lab spec"]
@@ -284,6 +306,8 @@ def parse_lab(path: Path) -> LabPackage:
             raise LabSpecError(f"{path}: nodes.{node.name}.build must stay inside {labs_root}")
         if not (context / "Dockerfile").is_file():
             raise LabSpecError(f"{path}: nodes.{node.name}.build: no Dockerfile in {context}")
+    if spec.has_network_faults and not (package.tools_context / "Dockerfile").is_file():
+        raise LabSpecError(f"{path}: faults: a network fault needs a Dockerfile in {package.tools_context}")
     if not (package.root / spec.solution.script).is_file():
         raise LabSpecError(f"{path}: solution.script: no file {spec.solution.script!r}")
     return package

@@ -13,6 +13,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -98,6 +99,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self._inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self._is_owner = False
+        self._last_activity = float("-inf")
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -111,6 +114,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.lab_id, self.short_id, self.node = str(lab.id), lab.short_id, kwargs["node"]
+        self._is_owner = lab.owner_id == user.pk
         # Joined before the terminal opens, so a lab that stops meanwhile still closes it.
         await self.channel_layer.group_add(lab_group(self.lab_id), self.channel_name)
         cols, rows = initial_size(self.scope.get("query_string", b""))
@@ -138,6 +142,14 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             thread.start()
         logger.info("lab %s: terminal on %s opened by user %s (%dx%d)", self.short_id, self.node, user.pk, cols, rows)
 
+    async def _note_activity(self) -> None:
+        """Typing keeps the owner's lab from its idle stop (checked at most every ACTIVE_EVERY)."""
+        now = time.monotonic()
+        if now - self._last_activity < lifecycle.ACTIVE_EVERY.total_seconds() or not self._is_owner:
+            return
+        self._last_activity = now
+        await database_sync_to_async(lifecycle.mark_active)(self.lab_id)
+
     async def disconnect(self, code: int) -> None:
         if not self.lab_id:
             return
@@ -150,6 +162,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         if bytes_data is not None:
             await self._queue_input(bytes_data)
+            await self._note_activity()
             return
         try:
             message = json.loads(text_data or "")

@@ -15,4 +15,5 @@ urlpatterns = [
     path("labs/<str:lab_id>/reset", views.reset_lab, name="reset"),
     path("labs/<str:lab_id>/skip", views.skip_lab, name="skip"),
     path("labs/<str:lab_id>/hints/next", views.next_hint, name="hint"),
+    path("labs/<str:lab_id>/active", views.still_here, name="active"),
 ]

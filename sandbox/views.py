@@ -63,6 +63,7 @@ def queue_for_owner(request: HttpRequest, lab_id: str, request_action: Callable[
         raise Http404(str(error)) from error
     except lifecycle.LabError as error:
         return refused(error)
+    lifecycle.mark_active(lab.pk)
     return JsonResponse(lab_payload(lab), status=202)
 
 
@@ -83,6 +84,7 @@ def extend_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
         lab = lifecycle.extend_lab(lab, minutes)
     except lifecycle.LabError as error:
         return refused(error)
+    lifecycle.mark_active(lab.pk)
     return JsonResponse(lab_payload(lab))
 
 
@@ -118,10 +120,23 @@ def skip_lab(request: HttpRequest, lab_id: str) -> JsonResponse:
 
 @require_POST
 @api_login_required
+def still_here(request: HttpRequest, lab_id: str) -> JsonResponse:
+    """The learner says they are still working: the idle stop moves back."""
+    lab = get_lab_for_user(request.user, lab_id, write=True)
+    if lab.state != Lab.State.READY:
+        return refused(lifecycle.LabError(f"This lab is {lab.state}."))
+    lifecycle.mark_active(lab.pk)
+    lab.refresh_from_db()
+    return JsonResponse(lab_payload(lab))
+
+
+@require_POST
+@api_login_required
 def next_hint(request: HttpRequest, lab_id: str) -> JsonResponse:
     lab = get_lab_for_user(request.user, lab_id, write=True)
     try:
         index, total, hint = lifecycle.next_hint(lab)
     except lifecycle.LabError as error:
         return refused(error)
+    lifecycle.mark_active(lab.pk)
     return JsonResponse({"index": index, "total": total, "hint": hint})

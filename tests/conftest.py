@@ -62,6 +62,7 @@ class FakeEngine:
         self.images: list[Path] = []
         self.actions: list[tuple[str, str]] = []
         self.execs: list[tuple[str, list[str]]] = []
+        self.sidecars: list[tuple[str, str, list[str], list[str]]] = []  # node, image, command, cap_add
 
     def container_name(self, lab: str, node: str) -> str:
         return f"fake-{lab}-{node}"
@@ -90,6 +91,12 @@ class FakeEngine:
     def exec(self, lab: str, node: str, command: list[str], user: str | None = None) -> ExecResult:
         self.execs.append((node, command))
         return ExecResult(exit_code=0, output="ok")
+
+    def run_sidecar(self, lab: str, node: str, image: str, command: list[str], cap_add: list[str]) -> ExecResult:
+        if self.nodes.get((lab, node)) not in {"running", "paused"}:
+            raise EngineError(f"Node {node} is not running: its network cannot be changed.")
+        self.sidecars.append((node, image, command, cap_add))
+        return ExecResult(exit_code=0, output="")
 
     def act_on_node(self, lab: str, node: str, action: str) -> None:
         if (lab, node) not in self.nodes:
@@ -133,6 +140,8 @@ def engine() -> Iterator[Engine]:
         package = load_lab(slug)
         for node in package.spec.nodes:
             real.ensure_image(package.build_context(node))
+        if package.spec.has_network_faults:
+            real.ensure_image(package.tools_context)
     yield real
     for lab in real.lab_ids():
         real.remove_lab(lab)

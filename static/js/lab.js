@@ -11,6 +11,7 @@
 
 import { createCharts } from "./charts.js";
 import { createExpiry } from "./expiry.js";
+import { createIdle } from "./idle.js";
 import { createFaults } from "./faults.js";
 import { createHints } from "./hints.js";
 import { createTerminals } from "./terminal.js";
@@ -60,6 +61,7 @@ const ctx = {
 const terminals = createTerminals(ctx, document.getElementById("terminals"));
 const features = [
   createExpiry(ctx, panel),
+  createIdle(ctx, panel),
   createTopology(ctx, document.getElementById("topology")),
   createCharts(ctx, panel.querySelector("[data-charts]")),
   createTimeline(ctx, panel.querySelector("[data-timeline-section]")),

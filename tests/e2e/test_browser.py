@@ -59,6 +59,7 @@ def page(browser, stacklab: str):  # noqa: ANN001, ANN201
     SHOTS.mkdir(parents=True)
     context = browser.new_context(viewport={"width": 1440, "height": 1000}, base_url=stacklab)
     page = context.new_page()
+    page.clock.install()  # real time flows; a test may jump it forward
     yield page
     context.close()
 
@@ -88,6 +89,14 @@ def test_learner_kills_a_replica_and_fixes_the_load_balancer_in_the_browser(page
     )
     page.wait_for_selector("[data-objective=traffic-flows].met", timeout=60_000)
     shot(page, "02-ready")
+
+    # 26 minutes without touching anything: the page warns of the idle stop; "still here" clears it.
+    page.clock.fast_forward("26:00")
+    page.wait_for_selector("[data-idle-warning]:not([hidden])", timeout=5_000)
+    assert "this lab stops in" in page.locator("[data-idle-left]").inner_text()
+    shot(page, "02b-idle-warning")
+    page.click("[data-action=still-here]")
+    page.wait_for_selector("[data-idle-warning][hidden]", state="attached", timeout=5_000)
 
     page.click("[data-fault=kill-app-2]")
     page.wait_for_selector("tr[data-node=app-2].state-down", timeout=15_000)

@@ -139,6 +139,15 @@ def test_controls_on_a_lab_that_is_not_running_are_refused(learner) -> None:  # 
         assert response.json()["error"].startswith("The lab must be running to")
 
 
+def test_still_here_moves_the_idle_stop_back(learner, make_user, ready_lab: Lab) -> None:  # noqa: ANN001
+    Lab.objects.filter(pk=ready_lab.pk).update(last_active_at=timezone.now() - timedelta(minutes=25))
+    assert client_for(learner).get(f"/api/labs/{ready_lab.id}/").json()["lab"]["idle_seconds_left"] <= 300
+    response = client_for(learner).post(f"/api/labs/{ready_lab.id}/active")
+    assert response.status_code == 200
+    assert response.json()["idle_seconds_left"] > 29 * 60
+    assert client_for(make_user("mallory")).post(f"/api/labs/{ready_lab.id}/active").status_code == 404
+
+
 def test_state_changing_api_needs_csrf(learner, ready_lab: Lab) -> None:  # noqa: ANN001
     client = Client(enforce_csrf_checks=True)
     client.force_login(learner)

@@ -3,6 +3,8 @@ a snapshot, everyone else is refused, bad messages get an error frame and the so
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -10,6 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from sandbox import lifecycle
 from sandbox.live import lab_group, publish
@@ -91,6 +94,20 @@ async def test_published_messages_reach_the_owner_and_snapshot_is_resent_on_requ
         await communicator.send_json_to({"type": "snapshot"})
         again = await communicator.receive_json_from()
         assert again["type"] == "snapshot" and again["lab"]["id"] == str(lab.id)
+    finally:
+        await communicator.disconnect()
+
+
+async def test_owner_activity_on_the_page_keeps_the_lab_alive() -> None:
+    user, lab = await setup_lab()
+    long_ago = timezone.now() - timedelta(minutes=20)
+    await database_sync_to_async(Lab.objects.filter(pk=lab.pk).update)(state=Lab.State.READY, last_active_at=long_ago)
+    communicator, _, _ = await connect(user, lab)
+    try:
+        await communicator.receive_json_from()  # snapshot
+        await communicator.send_json_to({"type": "active"})
+        update = await communicator.receive_json_from()
+        assert update["type"] == "lab" and update["idle_seconds_left"] > 29 * 60
     finally:
         await communicator.disconnect()
 

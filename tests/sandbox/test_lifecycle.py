@@ -288,6 +288,27 @@ def test_fault_the_engine_refuses_is_told_on_the_timeline(learner, fake_engine: 
     )
 
 
+def test_network_fault_runs_in_a_sidecar_with_net_admin(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    assert fake_engine.images[-1].name == "tools"  # built while provisioning, so injecting is quick
+    lifecycle.inject_fault(str(lab.id), "packet-loss-app-1", engine_factory=lambda: fake_engine)
+    [(node, image, command, cap_add)] = fake_engine.sidecars
+    assert (node, image, cap_add) == ("app-1", "fake/tools:1", ["NET_ADMIN"])
+    assert command[:2] == ["iptables", "-A"] and "0.3" in command
+    assert fake_engine.execs == []  # nothing ran inside the node itself
+    assert LabEvent.objects.filter(lab=lab).last().message == "Fault: Lose 30% of packets to app-1"
+
+
+def test_network_fault_on_a_dead_node_is_told_on_the_timeline(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    fake_engine.act_on_node(lab.short_id, "app-1", "kill")
+    lifecycle.inject_fault(str(lab.id), "packet-loss-app-1", engine_factory=lambda: fake_engine)
+    assert fake_engine.sidecars == []
+    assert LabEvent.objects.filter(lab=lab).last().message == (
+        "Fault Lose 30% of packets to app-1 failed: Node app-1 is not running: its network cannot be changed."
+    )
+
+
 def test_request_of_an_unknown_fault_is_not_found(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
     lab = ready_lab(learner, fake_engine)
     with pytest.raises(LabNotFound):
@@ -340,3 +361,18 @@ def test_skip_runs_the_solution_and_is_recorded(
     assert fake_engine.execs[0][0] == "lb"
     assert fake_engine.execs[0][1][:2] == ["sh", "-c"]
     assert LabEvent.objects.filter(lab=lab).last().message == "The solution ran"
+
+
+def test_idle_lab_is_stopped_and_activity_keeps_it(make_user, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    idle = ready_lab(make_user("dozing"), fake_engine)
+    busy = ready_lab(make_user("typing"), fake_engine)
+    long_ago = timezone.now() - timedelta(minutes=31)
+    Lab.objects.update(last_active_at=long_ago)
+    assert lifecycle.mark_active(busy.pk)
+    assert not lifecycle.mark_active(busy.pk)  # written at most every 30 s
+    report = lifecycle.reap_labs(engine_factory=lambda: fake_engine)
+    assert report["idle"] == [idle.short_id]
+    idle.refresh_from_db()
+    assert idle.state == Lab.State.STOPPED
+    assert idle.reason == "Stopped after 30 minutes without activity."
+    assert Lab.objects.get(pk=busy.pk).state == Lab.State.READY

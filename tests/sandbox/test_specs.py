@@ -68,6 +68,18 @@ def test_exec_fault_needs_a_command(lab_copy: Path) -> None:
         parse_lab(lab_copy)
 
 
+def test_network_fault_needs_a_command(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: d["faults"].append({**d["faults"][0], "key": "drop-all", "action": "network"}))
+    with pytest.raises(LabSpecError, match="faults.8: command is required for action network"):
+        parse_lab(lab_copy)
+
+
+def test_network_fault_needs_the_tools_image(lab_copy: Path) -> None:
+    (lab_copy.parent.parent / "images" / "tools" / "Dockerfile").unlink()
+    with pytest.raises(LabSpecError, match="faults: a network fault needs a Dockerfile in .*images/tools"):
+        parse_lab(lab_copy)
+
+
 def test_topology_edges_follow_depends_on() -> None:
     edges = load_lab("scaling-load-balancer").spec.edges()
     assert ("traffic", "lb") in edges

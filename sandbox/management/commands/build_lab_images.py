@@ -26,6 +26,8 @@ class Command(BaseCommand):
                 package = load_lab(slug)
                 for node in package.spec.nodes:
                     contexts[package.build_context(node)] = slug
+                if package.spec.has_network_faults:
+                    contexts[package.tools_context] = slug
             for context in sorted(contexts):
                 started = time.monotonic()
                 tag = engine.ensure_image(context)
