@@ -18,6 +18,7 @@ from django.http import Http404
 from . import lifecycle
 from .access import get_lab_for_user
 from .live import lab_group
+from .messages import BadMessage, parse_message
 from .models import Lab
 from .payloads import snapshot_payload
 
@@ -49,12 +50,9 @@ class LabConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
-            message = json.loads(text_data or "")
-        except (ValueError, RecursionError):  # deeply nested input overflows the parser
-            await self._error("Messages must be JSON objects.")
-            return
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self._error('Messages need a "type".')
+            message = parse_message(text_data)
+        except BadMessage as error:
+            await self._error(str(error))
             return
         if message["type"] == "ping":
             await self._send({"type": "pong"})

@@ -26,6 +26,7 @@ from . import lifecycle
 from .access import get_lab_for_user
 from .engine import EngineError, Terminal
 from .live import lab_group
+from .messages import BadMessage, parse_message
 from .models import Lab
 from .specs import LabSpecError, load_lab
 
@@ -165,12 +166,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self._note_activity()
             return
         try:
-            message = json.loads(text_data or "")
-        except (ValueError, RecursionError):  # deeply nested input overflows the parser
-            await self._error("Control messages must be JSON objects; send keystrokes as binary frames.")
-            return
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self._error('Messages need a "type".')
+            message = parse_message(
+                text_data, not_json="Control messages must be JSON objects; send keystrokes as binary frames."
+            )
+        except BadMessage as error:
+            await self._error(str(error))
             return
         if message["type"] == "ping":
             await self._send({"type": "pong"})
