@@ -8,10 +8,12 @@ the engine alone, which is what reaping and reconciliation rely on.
 from __future__ import annotations
 
 import hashlib
+import io
 import ipaddress
 import logging
 import secrets
 import socket
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +45,10 @@ TERMINAL_MARK = "STACKLAB_TERMINAL"
 HANGUP = (
     f'for p in /proc/[0-9]*; do grep -qsxz "{TERMINAL_MARK}=$1" "$p/environ" && kill -HUP "${{p#/proc/}}"; done; true'
 )
+
+
+# (image, user) -> (uid, gid). Image tags are content digests, so an answer never goes stale.
+_runtime_ids: dict[tuple[str, str | None], tuple[int, int]] = {}
 
 
 class EngineError(Exception):
@@ -80,6 +86,8 @@ class NodeRun:
     cpus: float = 0.5
     pids: int = 128
     cap_add: list[str] = field(default_factory=list)
+    # path -> bytes: size-limited tmpfs mounts (disk faults fill these, never the host's disk).
+    scratch: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -260,6 +268,11 @@ class Engine:
             # failing (moby/moby#43430); bounded lookups keep a dead replica from stalling peers.
             dns_opt=["timeout:1", "attempts:1"],
             log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "2"}},
+            # Scratch space is tmpfs so a filled disk never reaches the host's. Its pages count
+            # against mem_limit (the spec keeps the sizes below it). Owned by uid/gid, not opened
+            # with mode=1777: over a directory the image has, the engine copies that directory's
+            # mode onto the tmpfs (tmpcopyup) and leaves it root's, so mode= has no effect.
+            tmpfs=self._scratch_mounts(run) or None,
         )
         networking = api.create_networking_config(
             {network.name: api.create_endpoint_config(aliases=[run.name], ipv4_address=run.ip)}
@@ -291,6 +304,66 @@ class Engine:
         except docker.errors.DockerException as exc:
             raise EngineError(f"Could not start node {run.name}: {exc}") from exc
         return created["Id"]
+
+    def _scratch_mounts(self, run: NodeRun) -> dict[str, str]:
+        if not run.scratch:
+            return {}
+        uid, gid = self._runtime_ids(run.image, run.user)
+        return {path: f"size={size},uid={uid},gid={gid}" for path, size in run.scratch.items()}
+
+    def _runtime_ids(self, image: str, user: str | None) -> tuple[int, int]:
+        """The uid and gid a container of `image` runs as (`user`, else the image's USER).
+
+        1. Numbers are taken as they are ("10001", "10001:999").
+        2. Names are looked up in the image's own /etc/passwd and /etc/group, copied out of a
+           container that is created (never started) and removed at once.
+        3. As the engine does, a uid without a group gets its passwd entry's group, else 0.
+        """
+        key = (image, user)
+        if key in _runtime_ids:
+            return _runtime_ids[key]
+        api = self.client.api
+        try:
+            spec = user or api.inspect_image(image)["Config"].get("User") or "0"
+            user_part, _, group_part = spec.partition(":")
+            files = {"passwd": "", "group": ""}
+            if not (user_part.isdigit() and group_part.isdigit()):
+                files = self._image_files(image, files)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Could not find the user {image} runs as: {exc}") from exc
+        passwd = [line.split(":") for line in files["passwd"].splitlines() if line.count(":") >= 3]
+        groups = [line.split(":") for line in files["group"].splitlines() if line.count(":") >= 2]
+        entry = next((e for e in passwd if user_part in (e[0], e[2])), None)
+        if entry is None and not user_part.isdigit():
+            raise EngineError(f"Image {image} has no user {user_part!r}")
+        uid = int(entry[2]) if entry else int(user_part)
+        gid = int(entry[3]) if entry else 0
+        if group_part:
+            group = next((g for g in groups if group_part in (g[0], g[2])), None)
+            if group is None and not group_part.isdigit():
+                raise EngineError(f"Image {image} has no group {group_part!r}")
+            gid = int(group[2]) if group else int(group_part)
+        _runtime_ids[key] = (uid, gid)
+        return uid, gid
+
+    def _image_files(self, image: str, names: dict[str, str]) -> dict[str, str]:
+        """The text of /etc/<name> for each name, as `image` ships them ("" if missing)."""
+        api = self.client.api
+        container = api.create_container(image, command=["true"], labels={LABEL_INSTANCE: self.instance})["Id"]
+        try:
+            found = {}
+            for name in names:
+                try:
+                    stream, _ = api.get_archive(container, f"/etc/{name}")
+                except docker.errors.NotFound:
+                    found[name] = ""
+                    continue
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                    member = tar.extractfile(tar.next())
+                    found[name] = member.read().decode(errors="replace") if member else ""
+            return found
+        finally:
+            api.remove_container(container, force=True)
 
     def _container(self, lab: str, node: str):  # -> docker.models.containers.Container
         try:

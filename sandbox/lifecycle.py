@@ -208,6 +208,7 @@ def _node_runs(
                         cpus=node.limits.cpus,
                         pids=node.limits.pids,
                         cap_add=node.cap_add,
+                        scratch=node.scratch_bytes,
                     ),
                 )
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
@@ -46,6 +46,14 @@ class HealthSpec(Strict):
 MEMORY = re.compile(r"^(\d+)([kmg])$")
 
 
+def size_bytes(value: str) -> int:
+    """Bytes in a size written like 64m, 512k or 1g (validated against MEMORY beforehand)."""
+    match = MEMORY.match(value)
+    assert match  # checked by the validators
+    number, unit = match.groups()
+    return int(number) * {"k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
 class LimitsSpec(Strict):
     memory: str = "128m"
     cpus: float = Field(default=0.5, gt=0, le=4)
@@ -60,13 +68,14 @@ class LimitsSpec(Strict):
 
     @property
     def memory_bytes(self) -> int:
-        match = MEMORY.match(self.memory)
-        assert match  # checked by the validator
-        number, unit = match.groups()
-        return int(number) * {"k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+        return size_bytes(self.memory)
 
 
 ALLOWED_CAPS = {"NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW", "CHOWN", "SETUID", "SETGID", "KILL"}
+SCRATCH_MIN_BYTES = 1024**2
+SCRATCH_MAX_BYTES = 256 * 1024**2
+# Kernel and engine file systems a scratch mount must not hide.
+SCRATCH_FORBIDDEN = ("/proc", "/sys", "/dev")
 
 
 class NodeSpec(Strict):
@@ -81,6 +90,11 @@ class NodeSpec(Strict):
     limits: LimitsSpec = LimitsSpec()
     cap_add: list[str] = []
     depends_on: list[str] = []
+    scratch: dict[str, str] = Field(
+        default={},
+        description="absolute path -> size (16m): a size-limited tmpfs the node's user can fill, for "
+        "disk faults; its pages count against limits.memory",
+    )
 
     @field_validator("cap_add")
     @classmethod
@@ -89,6 +103,35 @@ class NodeSpec(Strict):
         if unknown:
             raise ValueError(f"capabilities not allowed: {', '.join(unknown)}")
         return caps
+
+    @field_validator("scratch")
+    @classmethod
+    def scratch_is_sane(cls, scratch: dict[str, str]) -> dict[str, str]:
+        checked = {}
+        for path, size in scratch.items():
+            parts = PurePosixPath(path).parts
+            if not path.startswith("/") or path == "/" or ".." in parts or str(PurePosixPath(path)) != path:
+                raise ValueError(f"{path!r} must be an absolute, normalised path other than /")
+            if any(path == root or path.startswith(root + "/") for root in SCRATCH_FORBIDDEN):
+                raise ValueError(f"{path!r} would hide {', '.join(SCRATCH_FORBIDDEN)}")
+            if not MEMORY.match(size.lower()):
+                raise ValueError(f"{path}: size must look like 16m or 512k")
+            if not SCRATCH_MIN_BYTES <= size_bytes(size.lower()) <= SCRATCH_MAX_BYTES:
+                raise ValueError(f"{path}: size must be between 1m and 256m")
+            checked[path] = size.lower()
+        return checked
+
+    @model_validator(mode="after")
+    def scratch_fits_in_memory(self) -> NodeSpec:
+        # tmpfs pages are charged to the container's memory cgroup: a full scratch mount must
+        # leave the node's processes room under limits.memory, or the kernel kills them instead.
+        if self.scratch and sum(self.scratch_bytes.values()) >= self.limits.memory_bytes:
+            raise ValueError(f"scratch: the sizes together must stay below limits.memory ({self.limits.memory})")
+        return self
+
+    @property
+    def scratch_bytes(self) -> dict[str, int]:
+        return {path: size_bytes(size) for path, size in self.scratch.items()}
 
     @property
     def instances(self) -> list[str]:

@@ -69,8 +69,8 @@ def test_exec_fault_needs_a_command(lab_copy: Path) -> None:
 
 
 def test_network_fault_needs_a_command(lab_copy: Path) -> None:
-    rewrite(lab_copy, lambda d: d["faults"].append({**d["faults"][0], "key": "drop-all", "action": "network"}))
-    with pytest.raises(LabSpecError, match="faults.8: command is required for action network"):
+    rewrite(lab_copy, lambda d: d["faults"].insert(0, {**d["faults"][0], "key": "drop-all", "action": "network"}))
+    with pytest.raises(LabSpecError, match="faults.0: command is required for action network"):
         parse_lab(lab_copy)
 
 
@@ -102,6 +102,37 @@ def test_build_context_without_dockerfile_is_named(lab_copy: Path) -> None:
 def test_privileged_capabilities_are_refused(lab_copy: Path) -> None:
     rewrite(lab_copy, lambda d: d["nodes"][0].update(cap_add=["SYS_ADMIN"]))
     with pytest.raises(LabSpecError, match="capabilities not allowed: SYS_ADMIN"):
+        parse_lab(lab_copy)
+
+
+def test_app_nodes_get_a_16m_scratch_disk() -> None:
+    app = load_lab("scaling-load-balancer").spec.node("app")
+    assert app.scratch_bytes == {"/var/lib/app": 16 * 1024**2}
+
+
+def set_app(lab_copy: Path, **changes: object) -> None:
+    rewrite(lab_copy, lambda d: next(n for n in d["nodes"] if n["name"] == "app").update(changes))
+
+
+@pytest.mark.parametrize("path", ["var/lib/app", "/", "/var/lib/../../etc", "/var/lib/app/", "/proc/x", "/dev"])
+def test_scratch_path_must_be_absolute_and_harmless(lab_copy: Path, path: str) -> None:
+    set_app(lab_copy, scratch={path: "16m"})
+    with pytest.raises(LabSpecError, match=r"nodes\.2\.scratch: '.*' (must be an absolute|would hide)"):
+        parse_lab(lab_copy)
+
+
+@pytest.mark.parametrize("size", ["512m", "16", "16 MB", "0m", "512k"])
+def test_scratch_size_must_be_sane(lab_copy: Path, size: str) -> None:
+    set_app(lab_copy, scratch={"/var/lib/app": size}, limits={"memory": "1g"})
+    with pytest.raises(LabSpecError, match=r"nodes\.2\.scratch: /var/lib/app: size must"):
+        parse_lab(lab_copy)
+
+
+def test_scratch_must_fit_under_the_memory_limit(lab_copy: Path) -> None:
+    set_app(lab_copy, scratch={"/var/lib/app": "64m", "/var/cache/app": "32m"})  # limit is 96m
+    with pytest.raises(
+        LabSpecError, match=r"nodes\.2: scratch: the sizes together must stay below limits.memory \(96m\)"
+    ):
         parse_lab(lab_copy)
 
 

@@ -1,11 +1,13 @@
 """Stacklab teaching web app: one replica behind the lab's load balancer.
 
-`/` needs nothing else; `/data/<key>` reads through Redis (cache-aside) to PostgreSQL. Lesson
-faults come from /tmp/stacklab-fault.json, which `app-fault` writes.
+`/` needs nothing else; `/data/<key>` reads through Redis (cache-aside) to PostgreSQL. Every
+request but /healthz and /stats appends a line to DATA_DIR/requests.log, so a full disk fails
+requests. Lesson faults come from /tmp/stacklab-fault.json, which `app-fault` writes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -32,6 +34,10 @@ CACHE_TTL_S = int(os.environ.get("CACHE_TTL", "30"))
 MAX_BODY_BYTES = 64 * 1024
 MAX_IDLE_DB_CONNECTIONS = 8
 LOOKUP_TIMEOUT_S = 1.0
+DATA_DIR = os.environ.get("DATA_DIR", "/var/lib/app")
+REQUEST_LOG_MAX_BYTES = 1024 * 1024  # then truncated: normal traffic never fills a small disk
+DISK_FULL_BELOW_BYTES = 256 * 1024  # /healthz answers 503 with less free than this
+DISK_CHECK_EVERY_S = 0.5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -50,6 +56,10 @@ class Unavailable(Exception):
 
 class MethodNotAllowed(Exception):
     pass
+
+
+class DiskFull(Exception):
+    """A write to DATA_DIR found no space left; the message is one line for the client."""
 
 
 def one_line(exc: BaseException) -> str:
@@ -295,6 +305,71 @@ class FaultSwitches:
             return {}
 
 
+class RequestLog:
+    """One line per request, appended to DATA_DIR/requests.log and truncated past 1 MiB.
+
+    Each line is one write(2) on an O_APPEND descriptor: it is in the file at once, and a full
+    disk fails the request that wrote it rather than a later flush. As on a real disk, a write
+    that fits in the file's last, already allocated block still succeeds for a while. After a
+    failure the file is reopened, so a log a learner deleted to make room really frees it.
+    Errors other than a full disk are logged (once per change), never turned into failed requests.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "requests.log")
+        self._fd: int | None = None
+        self._size = 0
+        self._lock = threading.Lock()
+        self.availability = Availability(f"request log ({self.path})")
+
+    def append(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8", "replace")
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                    self._size = os.fstat(self._fd).st_size
+                if self._size + len(data) > REQUEST_LOG_MAX_BYTES:
+                    os.ftruncate(self._fd, 0)
+                    self._size = 0
+                written = os.write(self._fd, data)
+                self._size += written
+                if written < len(data):  # the last free bytes went to part of this line
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as exc:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                self.availability.mark(False, one_line(exc))
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFull(f"disk full: cannot write {self.path}") from None
+                return
+        self.availability.mark(True)
+
+
+class DiskSpace:
+    """Free bytes in a directory, from statvfs at most every DISK_CHECK_EVERY_S."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._checked = 0.0
+        self._free: int | None = None
+        self._lock = threading.Lock()
+
+    def free_bytes(self) -> int | None:
+        """None if the directory cannot be looked at (e.g. it does not exist)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked >= DISK_CHECK_EVERY_S:
+                try:
+                    st = os.statvfs(self.directory)
+                    self._free = st.f_bavail * st.f_frsize
+                except OSError:
+                    self._free = None
+                self._checked = now
+            return self._free
+
+
 class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -305,6 +380,7 @@ class Counters:
             "cache_errors": 0,
             "db_errors": 0,
             "injected_errors": 0,
+            "disk_errors": 0,
         }
         self.started = time.time()
 
@@ -322,6 +398,8 @@ db = Database()
 cache = Cache()
 faults = FaultSwitches(FAULT_FILE)
 counters = Counters()
+request_log = RequestLog(DATA_DIR)
+disk = DiskSpace(DATA_DIR)
 
 
 def utc_now() -> str:
@@ -373,6 +451,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send_json(200, counters.snapshot())
             if self._apply_faults():
                 return
+            request_log.append(f"{utc_now()} {method} {path[:200]}")
             if path == "/":
                 self._require(method, "GET")
                 return self._send_json(200, {"replica": REPLICA, "time": utc_now()})
@@ -391,6 +470,10 @@ class Handler(BaseHTTPRequestHandler):
         except Unavailable as exc:
             counters.add("db_errors" if str(exc).startswith("db:") else "cache_errors")
             self._send_text(503, str(exc))
+        except DiskFull as exc:
+            counters.add("disk_errors")
+            self._discard_body()
+            self._send_text(500, str(exc))
         except (ConnectionError, TimeoutError):
             raise  # the client went away; nothing to answer
         except Exception:
@@ -419,6 +502,9 @@ class Handler(BaseHTTPRequestHandler):
     def _healthz(self, query: dict[str, list[str]]) -> None:
         if faults.current().get("unhealthy"):
             return self._send_text(503, "unhealthy (fault switch)")
+        free = disk.free_bytes()
+        if free is not None and free < DISK_FULL_BELOW_BYTES:
+            return self._send_text(503, "disk full")
         if query.get("deep", ["0"])[0] not in ("1", "true", "yes"):
             return self._send_text(200, "ok")
         problems = []
@@ -542,11 +628,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = Server(("0.0.0.0", PORT), Handler)
     log.info(
-        "replica %s listening on 0.0.0.0:%d (db %s, cache %s, fault file %s)",
+        "replica %s listening on 0.0.0.0:%d (db %s, cache %s, data %s, fault file %s)",
         REPLICA,
         PORT,
         db.host,
         cache.host,
+        DATA_DIR,
         FAULT_FILE,
     )
     try:
