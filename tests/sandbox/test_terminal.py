@@ -175,6 +175,19 @@ async def test_escape_sequences_and_utf8_come_back_byte_for_byte(lab: Lab, learn
         await terminal.communicator.disconnect()
 
 
+async def test_full_screen_programs_take_the_screen_and_give_it_back(lab: Lab, learner: User) -> None:
+    terminal, _, _ = await open_terminal(learner, lab.id, "lb")
+    try:
+        await terminal.type("vi /tmp/notes\r")
+        await terminal.wait_for_output(b"\x1b[?1049h")  # vi switched to the alternate screen
+        await terminal.type("\x1b:q!\r")
+        await terminal.wait_for_output(b"\x1b[?1049l")  # and gave the screen back on quit
+        await terminal.type("top -b -n 1 | head -1\r")
+        await terminal.wait_for_output(b"top - ")
+    finally:
+        await terminal.communicator.disconnect()
+
+
 @pytest.mark.parametrize(("keys", "code"), [("exit\r", 0), ("exit 3\r", 3)])
 async def test_leaving_the_shell_sends_its_exit_code_and_closes(lab: Lab, learner: User, keys: str, code: int) -> None:
     terminal, _, _ = await open_terminal(learner, lab.id, "lb")
