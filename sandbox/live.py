@@ -27,9 +27,13 @@ def _metrics_key(lab_id: str) -> str:
 
 def remember_metrics(lab_id: str, message: dict[str, Any]) -> None:
     """Keep the lab's recent traffic figures (only the watcher writes them, one lab per thread)."""
-    history = cache.get(_metrics_key(lab_id)) or []
-    history.append(message)
-    cache.set(_metrics_key(lab_id), history[-METRICS_HISTORY:], timeout=METRICS_KEEP_SECONDS)
+    # Like publishing, history for reloaded pages must never stop the watcher from judging.
+    try:
+        history = cache.get(_metrics_key(lab_id)) or []
+        history.append(message)
+        cache.set(_metrics_key(lab_id), history[-METRICS_HISTORY:], timeout=METRICS_KEEP_SECONDS)
+    except Exception:
+        logger.exception("lab %s: could not keep traffic figures", lab_id[:12])
 
 
 def metrics_history(lab_id: str) -> list[dict[str, Any]]:

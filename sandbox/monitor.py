@@ -64,9 +64,17 @@ class LabWatch:
 
 
 class Monitor:
-    def __init__(self, engine_factory: Callable[[], Engine] = connect_engine, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine_factory: Callable[[], Engine] = connect_engine,
+        poll_seconds: float = 1.0,
+        only_labs: set[str] | None = None,
+    ) -> None:
+        """`only_labs` narrows the monitor to those lab ids and skips the reconcile at start
+        (`lab test` follows its own lab beside a running watcher)."""
         self.engine_factory = engine_factory
         self.poll_seconds = poll_seconds
+        self.only_labs = only_labs
         self.stopping = threading.Event()
         self.watches: dict[str, LabWatch] = {}
         self._short_ids: dict[str, str] = {}  # short id -> lab id, for events
@@ -77,11 +85,12 @@ class Monitor:
 
     def run(self) -> None:
         """Run until `stop()`: reconcile once, then follow events and labs."""
-        try:
-            report = reconcile_labs(self.engine_factory)
-            logger.info("monitor: reconciled at start %s", report)
-        except EngineError:
-            logger.exception("monitor: reconcile at start failed; continuing")
+        if self.only_labs is None:
+            try:
+                report = reconcile_labs(self.engine_factory)
+                logger.info("monitor: reconciled at start %s", report)
+            except EngineError:
+                logger.exception("monitor: reconcile at start failed; continuing")
         self._events_thread = threading.Thread(target=self._follow_events, name="events", daemon=True)
         self._events_thread.start()
         while not self.stopping.is_set():
@@ -119,7 +128,10 @@ class Monitor:
 
     def sync_watches(self) -> None:
         """Follow every ready lab, and only those."""
-        ready = {str(lab.id): lab for lab in Lab.objects.filter(state=Lab.State.READY)}
+        labs = Lab.objects.filter(state=Lab.State.READY)
+        if self.only_labs is not None:
+            labs = labs.filter(pk__in=self.only_labs)
+        ready = {str(lab.id): lab for lab in labs}
         for lab_id in list(self.watches):
             if lab_id not in ready:
                 self.watches.pop(lab_id).stop.set()
@@ -185,7 +197,7 @@ class Monitor:
 
     def handle_event(self, event: NodeEvent, engine: Engine | None = None) -> None:
         lab_id = self._lab_id(event.lab)
-        if lab_id is None:
+        if lab_id is None or (self.only_labs is not None and lab_id not in self.only_labs):
             return
         state = state_from_event(event.action)
         if event.action == "unpause" and engine is not None:

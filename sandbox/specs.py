@@ -1,7 +1,7 @@
 """Lab packages: the one loader that turns `labs/<slug>/lab.yaml` into typed objects.
 
-Specs are validated here, once; code past the loader trusts these objects. Errors name the file
-and the key that is wrong, written for the instructor who wrote it.
+Specs are validated here, once; code past the loader trusts these objects. Errors name the file,
+the line and the key that is wrong, written for the instructor who wrote it.
 """
 
 from __future__ import annotations
@@ -190,6 +190,9 @@ class ObjectiveSpec(Strict):
     title: str
     description: str = ""
     check: ObjectiveCheck
+    at_start: Literal["met", "unmet"] = Field(
+        default="unmet", description="what `lab test` expects before the break (after it: unmet; solved: met)"
+    )
 
 
 class SolutionSpec(Strict):
@@ -213,39 +216,6 @@ class LabSpec(Strict):
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     hints: list[str] = []
     solution: SolutionSpec
-
-    @model_validator(mode="after")
-    def references_resolve(self) -> LabSpec:
-        groups = {node.name for node in self.nodes}
-        instances = {name for node in self.nodes for name in node.instances}
-        if len(groups) != len(self.nodes):
-            raise ValueError("nodes: two nodes share a name")
-        for node in self.nodes:
-            for dependency in node.depends_on:
-                if dependency not in groups:
-                    raise ValueError(f"nodes.{node.name}.depends_on: no node named {dependency!r}")
-        if self.traffic.node not in instances:
-            raise ValueError(f"traffic.node: no node named {self.traffic.node!r}")
-        fault_keys = [fault.key for fault in self.faults]
-        if len(set(fault_keys)) != len(fault_keys):
-            raise ValueError("faults: two faults share a key")
-        for fault in self.faults:
-            if fault.node not in instances:
-                raise ValueError(f"faults.{fault.key}.node: no node named {fault.node!r}")
-        if self.break_ not in fault_keys:
-            raise ValueError(f"break: no fault with key {self.break_!r}")
-        if self.solution.node not in instances:
-            raise ValueError(f"solution.node: no node named {self.solution.node!r}")
-        keys = [objective.key for objective in self.objectives]
-        if len(set(keys)) != len(keys):
-            raise ValueError("objectives: two objectives share a key")
-        for objective in self.objectives:
-            group = objective.check.while_down
-            if group is not None and group not in groups:
-                raise ValueError(f"objectives.{objective.key}.check.while_down: no node {group!r}")
-        if self.max_ttl_minutes < self.ttl_minutes:
-            raise ValueError("max_ttl_minutes must be at least ttl_minutes")
-        return self
 
     def node(self, group: str) -> NodeSpec:
         return next(node for node in self.nodes if node.name == group)
@@ -316,43 +286,145 @@ class LabPackage:
         return (self.root.parent / TOOLS_CONTEXT).resolve()
 
 
-def _format_validation_error(path: Path, error: ValidationError) -> str:
-    lines = [f"{path}: invalid lab spec"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+# Where a problem is in a spec: keys and list indices from the top, as in pydantic's error loc.
+Loc = tuple[str | int, ...]
+
+
+def reference_problems(spec: LabSpec) -> list[tuple[Loc, str]]:
+    """What in `spec` names a node, fault or key that is not there (or twice), with its place."""
+    problems: list[tuple[Loc, str]] = []
+    groups = {node.name for node in spec.nodes}
+    instances = set(spec.instances)
+    seen: set[str] = set()
+    for index, node in enumerate(spec.nodes):
+        if node.name in seen:
+            problems.append((("nodes", index, "name"), "two nodes share a name"))
+        seen.add(node.name)
+        for position, dependency in enumerate(node.depends_on):
+            if dependency not in groups:
+                problems.append((("nodes", index, "depends_on", position), f"no node named {dependency!r}"))
+    if spec.traffic.node not in instances:
+        problems.append((("traffic", "node"), f"no node named {spec.traffic.node!r}"))
+    seen = set()
+    for index, fault in enumerate(spec.faults):
+        if fault.key in seen:
+            problems.append((("faults", index, "key"), "two faults share a key"))
+        seen.add(fault.key)
+        if fault.node not in instances:
+            problems.append((("faults", index, "node"), f"no node named {fault.node!r}"))
+    if spec.fault(spec.break_) is None:
+        problems.append((("break",), f"no fault with key {spec.break_!r}"))
+    if spec.solution.node not in instances:
+        problems.append((("solution", "node"), f"no node named {spec.solution.node!r}"))
+    seen = set()
+    for index, objective in enumerate(spec.objectives):
+        if objective.key in seen:
+            problems.append((("objectives", index, "key"), "two objectives share a key"))
+        seen.add(objective.key)
+        group = objective.check.while_down
+        if group is not None and group not in groups:
+            problems.append((("objectives", index, "check", "while_down"), f"no node {group!r}"))
+    if spec.max_ttl_minutes < spec.ttl_minutes:
+        problems.append((("max_ttl_minutes",), "must be at least ttl_minutes"))
+    return problems
+
+
+def _file_problems(package: LabPackage, folder: str) -> list[tuple[Loc, str]]:
+    """What the spec names on disk that is missing or outside the labs folder."""
+    spec = package.spec
+    problems: list[tuple[Loc, str]] = []
+    if spec.slug != folder:
+        problems.append((("slug",), f"{spec.slug!r} must match the folder {folder!r}"))
+    labs_root = package.root.parent
+    for index, node in enumerate(spec.nodes):
+        context = package.build_context(node)
+        if not context.is_relative_to(labs_root):
+            problems.append((("nodes", index, "build"), f"must stay inside {labs_root}"))
+        elif not (context / "Dockerfile").is_file():
+            problems.append((("nodes", index, "build"), f"no Dockerfile in {context}"))
+    network = [index for index, fault in enumerate(spec.faults) if fault.action == "network"]
+    if network and not (package.tools_context / "Dockerfile").is_file():
+        problems.append(
+            (("faults", network[0], "action"), f"a network fault needs a Dockerfile in {package.tools_context}")
+        )
+    if not (package.root / spec.solution.script).is_file():
+        problems.append((("solution", "script"), f"no file {spec.solution.script!r}"))
+    return problems
+
+
+def _entry(node: yaml.Node, part: str | int) -> tuple[yaml.Node, yaml.Node] | None:
+    """The (key, value) under `part` of a mapping, or (item, item) of a sequence; None if absent."""
+    if isinstance(node, yaml.MappingNode):
+        return next(((key, value) for key, value in node.value if str(key.value) == str(part)), None)
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return node.value[part], node.value[part]
+    return None
+
+
+def _line_of(root: yaml.Node | None, loc: Loc) -> int:
+    """The 1-based line of the deepest node on `loc`: a key's own line, or for a key that is not
+    there, the line of the mapping (or list item) that lacks it."""
+    if root is None:
+        return 1
+    node, line = root, root.start_mark.line
+    for position, part in enumerate(loc):
+        entry = _entry(node, part)
+        # Parts that match nothing are pydantic's union and discriminator tags (`list[str]`,
+        # `metric`); a tag that equals a scalar key is skipped when the next part is a key here.
+        if entry is None:
+            continue
+        rest = loc[position + 1 :]
+        if rest and isinstance(entry[1], yaml.ScalarNode) and _entry(node, rest[0]) is not None:
+            continue
+        line, node = entry[0].start_mark.line, entry[1]
+    return line + 1
+
+
+def _spec_error(path: Path, root: yaml.Node | None, problems: list[tuple[Loc, str]]) -> LabSpecError:
+    """One error listing every problem as `file:line: key: message`, in the order of the file."""
+    located = sorted(
+        ((_line_of(root, loc), ".".join(map(str, loc)) or "(top level)", message) for loc, message in problems),
+        key=lambda problem: problem[0],
+    )
+    count = f"{len(located)} problem{'s' if len(located) != 1 else ''}"
+    lines = [f"{path}: invalid lab spec ({count})"]
+    lines += [f"{path}:{line}: {key}: {message}" for line, key, message in located]
+    return LabSpecError("\n".join(lines))
 
 
 def parse_lab(path: Path) -> LabPackage:
-    """Parse and validate one lab spec file, checking that the files it names exist."""
+    """Parse and validate one lab spec file, checking that the files it names exist.
+
+    1. Read the YAML twice over the same text: `safe_load` for the data, `compose` for the line of
+       each node, so every problem can name its line.
+    2. Validate the shapes with pydantic; on failure report all of its errors.
+    3. Check what refers to what (nodes, faults, objectives) and the files named, and report every
+       problem together.
+    """
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError as exc:
         raise LabNotFound(f"{path}: no such lab spec") from exc
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise LabSpecError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None)
+        reason = "; ".join(filter(None, [getattr(exc, "context", None), problem])) if problem else str(exc)
+        raise LabSpecError(f"{where}: not valid YAML: {reason}") from exc
     if not isinstance(data, dict):
-        raise LabSpecError(f"{path}: a lab spec is a mapping of keys to values")
+        raise _spec_error(path, root, [((), "a lab spec is a mapping of keys to values")])
     try:
         spec = LabSpec.model_validate(data)
     except ValidationError as exc:
-        raise LabSpecError(_format_validation_error(path, exc)) from exc
-    if spec.slug != path.parent.name:
-        raise LabSpecError(f"{path}: slug {spec.slug!r} must match the folder {path.parent.name!r}")
+        errors = [(item["loc"], item["msg"].removeprefix("Value error, ")) for item in exc.errors()]
+        raise _spec_error(path, root, errors) from exc
     package = LabPackage(spec=spec, root=path.parent.resolve())
-    labs_root = path.parent.parent.resolve()
-    for node in spec.nodes:
-        context = package.build_context(node)
-        if not context.is_relative_to(labs_root):
-            raise LabSpecError(f"{path}: nodes.{node.name}.build must stay inside {labs_root}")
-        if not (context / "Dockerfile").is_file():
-            raise LabSpecError(f"{path}: nodes.{node.name}.build: no Dockerfile in {context}")
-    if spec.has_network_faults and not (package.tools_context / "Dockerfile").is_file():
-        raise LabSpecError(f"{path}: faults: a network fault needs a Dockerfile in {package.tools_context}")
-    if not (package.root / spec.solution.script).is_file():
-        raise LabSpecError(f"{path}: solution.script: no file {spec.solution.script!r}")
+    problems = reference_problems(spec) + _file_problems(package, path.parent.name)
+    if problems:
+        raise _spec_error(path, root, problems)
     return package
 
 

@@ -85,7 +85,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     # Tests run threads (the monitor, racing launches) against the database: a file behaves like
     # production SQLite, where an in-memory shared cache would fail with table locks instead.
-    DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / "test-stacklab.sqlite3")}
+    # One file per test run (by process id), so two runs side by side never share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(RUN_DIR / f"test-stacklab-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis carries the Celery broker and the channel layer. Unset, it is the private Redis that

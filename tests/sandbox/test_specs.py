@@ -58,7 +58,7 @@ def test_break_naming_an_unknown_fault_is_named(lab_copy: Path) -> None:
 
 def test_fault_on_a_missing_node_is_named(lab_copy: Path) -> None:
     rewrite(lab_copy, lambda d: d["faults"][0].update(node="app-9"))
-    with pytest.raises(LabSpecError, match="faults.kill-app-2.node: no node named 'app-9'"):
+    with pytest.raises(LabSpecError, match=r"lab.yaml:\d+: faults\.0\.node: no node named 'app-9'"):
         parse_lab(lab_copy)
 
 
@@ -76,7 +76,9 @@ def test_network_fault_needs_a_command(lab_copy: Path) -> None:
 
 def test_network_fault_needs_the_tools_image(lab_copy: Path) -> None:
     (lab_copy.parent.parent / "images" / "tools" / "Dockerfile").unlink()
-    with pytest.raises(LabSpecError, match="faults: a network fault needs a Dockerfile in .*images/tools"):
+    with pytest.raises(
+        LabSpecError, match=r"faults\.\d+\.action: a network fault needs a Dockerfile in .*images/tools"
+    ):
         parse_lab(lab_copy)
 
 
@@ -95,7 +97,7 @@ def test_objective_on_an_unknown_group_is_named(lab_copy: Path) -> None:
 
 def test_build_context_without_dockerfile_is_named(lab_copy: Path) -> None:
     (lab_copy.parent.parent / "images" / "cache" / "Dockerfile").unlink()
-    with pytest.raises(LabSpecError, match="nodes.cache.build: no Dockerfile"):
+    with pytest.raises(LabSpecError, match=r"nodes\.1\.build: no Dockerfile"):
         parse_lab(lab_copy)
 
 
@@ -140,3 +142,66 @@ def test_not_yaml_is_named(lab_copy: Path) -> None:
     lab_copy.write_text("nodes: [unclosed")
     with pytest.raises(LabSpecError, match="not valid YAML"):
         parse_lab(lab_copy)
+
+
+def edit(path: Path, old: str, new: str) -> int:
+    """Replace the one `old` in the spec text with `new`; the line (1-based) where `new` starts."""
+    text = path.read_text()
+    assert text.count(old) == 1
+    path.write_text(text.replace(old, new))
+    return text[: text.index(old)].count("\n") + 1
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(LabSpecError) as error:
+        parse_lab(path)
+    return str(error.value).splitlines()
+
+
+def test_unknown_key_names_its_line(lab_copy: Path) -> None:
+    line = edit(lab_copy, "    replicas: 3\n", "    replicas: 3\n    replica: 2\n") + 1
+    assert problems(lab_copy) == [
+        f"{lab_copy}: invalid lab spec (1 problem)",
+        f"{lab_copy}:{line}: nodes.2.replica: Extra inputs are not permitted",
+    ]
+
+
+def test_fault_on_a_missing_node_names_the_line_of_its_node_key(lab_copy: Path) -> None:
+    line = edit(lab_copy, "    node: app-2\n", "    node: app-9\n")
+    assert f"{lab_copy}:{line}: faults.0.node: no node named 'app-9'" in problems(lab_copy)
+
+
+def test_unknown_break_names_the_line_of_break(lab_copy: Path) -> None:
+    line = edit(lab_copy, "break: kill-app-2\n", "break: kill-app-9\n")
+    assert f"{lab_copy}:{line}: break: no fault with key 'kill-app-9'" in problems(lab_copy)
+
+
+def test_yaml_syntax_error_names_its_line(lab_copy: Path) -> None:
+    line = edit(lab_copy, "title: Load balancer", "title: Load: balancer")
+    with pytest.raises(LabSpecError, match=rf"lab.yaml:{line}: not valid YAML: mapping values are not allowed"):
+        parse_lab(lab_copy)
+
+
+def test_missing_key_names_the_line_of_the_mapping_that_lacks_it(lab_copy: Path) -> None:
+    line = edit(lab_copy, "solution:\n  node: lb\n", "solution:\n")
+    assert f"{lab_copy}:{line}: solution.node: Field required" in problems(lab_copy)
+
+
+def test_every_problem_is_reported_at_once_in_file_order(lab_copy: Path) -> None:
+    break_line = edit(lab_copy, "break: kill-app-2\n", "break: kill-app-9\n")
+    build_line = edit(lab_copy, "    build: ../images/cache\n", "    build: ../images/nowhere\n")
+    nowhere = (lab_copy.parent.parent / "images" / "nowhere").resolve()
+    assert problems(lab_copy) == [
+        f"{lab_copy}: invalid lab spec (2 problems)",
+        f"{lab_copy}:{build_line}: nodes.1.build: no Dockerfile in {nowhere}",
+        f"{lab_copy}:{break_line}: break: no fault with key 'kill-app-9'",
+    ]
+
+
+def test_pydantic_problems_are_all_reported_with_their_lines(lab_copy: Path) -> None:
+    cpus_line = edit(lab_copy, "limits: {memory: 256m, cpus: 0.5,", "limits: {memory: 256m, cpus: 9,")
+    window_line = edit(lab_copy, "      window: 30\n", "      window: 1\n")
+    lines = problems(lab_copy)
+    assert lines[0].endswith("invalid lab spec (2 problems)")
+    assert lines[1].startswith(f"{lab_copy}:{cpus_line}: nodes.0.limits.cpus: ")
+    assert lines[2].startswith(f"{lab_copy}:{window_line}: objectives.1.check.metric.window: ")

@@ -1,0 +1,76 @@
+"""`manage.py lab validate [slug ...]` and `manage.py lab test [slug ... | --all]`: the
+instructor's tools for lab packages."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.test.utils import override_settings
+
+from sandbox.labtest import StepResult, run_lab_test
+from sandbox.specs import LabSpecError, list_labs, load_lab
+
+# A headless test has no page watching it: live messages and chart history stay in this process.
+HEADLESS = {
+    "CHANNEL_LAYERS": {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}},
+    "CACHES": {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
+}
+
+
+class Command(BaseCommand):
+    help = "Validate lab packages, or test them end to end on the Docker engine."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True)
+        validate = actions.add_parser("validate", help="check lab specs and the files they name")
+        validate.add_argument("slugs", nargs="*", help="labs to check (default: all)")
+        test = actions.add_parser("test", help="provision, break, solve and tear down each lab")
+        test.add_argument("slugs", nargs="*", help="labs to test")
+        test.add_argument("--all", action="store_true", help="every lab in the repository")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["action"] == "validate":
+            self.validate(options["slugs"] or list_labs())
+        else:
+            if options["all"] == bool(options["slugs"]):
+                raise CommandError("name the labs to test, or pass --all")
+            self.test(list_labs() if options["all"] else options["slugs"])
+
+    def validate(self, slugs: list[str]) -> None:
+        failed = 0
+        for slug in slugs:
+            try:
+                load_lab(slug)
+            except LabSpecError as error:
+                failed += 1
+                self.stderr.write(str(error))
+            else:
+                self.stdout.write(f"ok   {slug}")
+        if failed:
+            raise CommandError(f"{failed} of {len(slugs)} lab(s) invalid")
+
+    def test(self, slugs: list[str]) -> None:
+        for slug in slugs:  # every lab is valid before any container starts
+            try:
+                load_lab(slug)
+            except LabSpecError as error:
+                raise CommandError(str(error)) from error
+        failed = []
+        with override_settings(**HEADLESS):
+            for slug in slugs:
+                self.stdout.write(f"lab test {slug}")
+                started = time.monotonic()
+                passed = run_lab_test(slug, self.report)
+                verdict = "PASS" if passed else "FAIL"
+                self.stdout.write(f"{verdict} {slug} ({time.monotonic() - started:.1f} s)")
+                if not passed:
+                    failed.append(slug)
+        if failed:
+            raise CommandError(f"lab test failed: {', '.join(failed)}")
+
+    def report(self, step: StepResult) -> None:
+        mark = "ok  " if step.ok else "FAIL"
+        line = f"  {step.name:<10} {mark} {step.seconds:6.1f} s  {step.detail}"
+        self.stdout.write(line) if step.ok else self.stderr.write(line)
