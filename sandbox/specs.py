@@ -249,18 +249,25 @@ class LabSpec(Strict):
 
     def start_order(self) -> list[NodeSpec]:
         """Nodes ordered so that each starts after what it depends on (spec order otherwise)."""
+        ordered, stuck = self._ordering()
+        if stuck:
+            raise LabSpecError(f"lab {self.slug}: nodes.depends_on has a cycle")
+        return ordered
+
+    def _ordering(self) -> tuple[list[NodeSpec], list[NodeSpec]]:
+        """(the nodes that can start, in order; the nodes a depends_on cycle leaves stuck)."""
         ordered: list[NodeSpec] = []
         placed: set[str] = set()
         pending = list(self.nodes)
         while pending:
             ready = [node for node in pending if set(node.depends_on) <= placed]
             if not ready:
-                raise LabSpecError(f"lab {self.slug}: nodes.depends_on has a cycle")
+                break
             for node in ready:
                 ordered.append(node)
                 placed.add(node.name)
                 pending.remove(node)
-        return ordered
+        return ordered, pending
 
 
 @dataclass(frozen=True)
@@ -303,6 +310,16 @@ def reference_problems(spec: LabSpec) -> list[tuple[Loc, str]]:
         for position, dependency in enumerate(node.depends_on):
             if dependency not in groups:
                 problems.append((("nodes", index, "depends_on", position), f"no node named {dependency!r}"))
+    if not problems:  # every name resolves: then an order to start the nodes in must exist too
+        _, stuck = spec._ordering()
+        if stuck:
+            names = ", ".join(node.name for node in stuck)
+            problems.append(
+                (
+                    ("nodes", spec.nodes.index(stuck[0]), "depends_on"),
+                    f"depends_on has a cycle: {names} can never start",
+                )
+            )
     if spec.traffic.node not in instances:
         problems.append((("traffic", "node"), f"no node named {spec.traffic.node!r}"))
     seen = set()

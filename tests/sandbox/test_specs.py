@@ -205,3 +205,11 @@ def test_pydantic_problems_are_all_reported_with_their_lines(lab_copy: Path) -> 
     assert lines[0].endswith("invalid lab spec (2 problems)")
     assert lines[1].startswith(f"{lab_copy}:{cpus_line}: nodes.0.limits.cpus: ")
     assert lines[2].startswith(f"{lab_copy}:{window_line}: objectives.1.check.metric.window: ")
+
+
+def test_a_depends_on_cycle_is_caught_before_anything_starts(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: d["nodes"][0].update(depends_on=["lb"]))  # db waits for lb, which waits for db
+    with pytest.raises(
+        LabSpecError, match=r"nodes\.0\.depends_on: depends_on has a cycle: db, app, lb, traffic can never start"
+    ):
+        parse_lab(lab_copy)
