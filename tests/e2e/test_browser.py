@@ -128,6 +128,27 @@ def test_learner_kills_a_replica_and_fixes_the_load_balancer_in_the_browser(page
     assert error_rate(page) < 1
     shot(page, "05-objective-met")
 
+    # A reload catches up from the lab's current state: same timeline (no duplicates), app-2 still
+    # down, the objective still met, and the charts redrawn from the recent figures.
+    ids_before = page.eval_on_selector_all("[data-timeline] li", "items => items.map(li => li.dataset.id)")
+    page.reload()
+    page.wait_for_function(
+        "document.querySelector('[data-field=state]').textContent.trim() === 'ready'", timeout=15_000
+    )
+    page.wait_for_selector("[data-objective=survives-replica-loss].met", timeout=10_000)
+    page.wait_for_selector("tr[data-node=app-2].state-down", timeout=10_000)
+    page.wait_for_function(
+        f"document.querySelectorAll('[data-timeline] li').length >= {len(ids_before)}", timeout=10_000
+    )
+    ids_after = page.eval_on_selector_all("[data-timeline] li", "items => items.map(li => li.dataset.id)")
+    assert set(ids_before) <= set(ids_after)
+    assert len(ids_after) == len(set(ids_after)), "a timeline entry is shown twice"
+    assert page.locator("[data-charts] canvas").count() >= 4, "charts not redrawn from the snapshot"
+    shot(page, "05b-reloaded")
+    # Terminals do not survive a reload; open the load balancer's again.
+    page.click("[data-terminal-open=lb]")
+    page.locator(".terminal[data-node=lb] .xterm").wait_for(timeout=15_000)
+
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("[data-action=stop]")
     page.wait_for_function(
