@@ -170,6 +170,10 @@ class Monitor:
             try:
                 engine = self.engine_factory()
                 self._events_stream = engine.events(since=since)
+                if self.stopping.is_set():
+                    # stop() came while we connected and closed the previous stream, not this one.
+                    self._events_stream.close()
+                    break
                 if since is not None:
                     self._resync(engine)
                 for event in self._events_stream:
@@ -180,7 +184,8 @@ class Monitor:
             except Exception:
                 logger.exception("monitor: event handling failed")
             finally:
-                close_old_connections()
+                if not self.stopping.is_set():
+                    close_old_connections()
             since = since or time.time()
             self.stopping.wait(RECONNECT_SECONDS)
         connection.close()
