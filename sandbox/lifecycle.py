@@ -27,7 +27,7 @@ from .engine import Engine, EngineError, EngineUnavailable, ExecResult, Health, 
 from .live import publish
 from .models import Lab, LabEvent, Node, ObjectiveResult
 from .nodestates import state_from_status
-from .payloads import lab_payload, node_payload
+from .payloads import idle_deadline, lab_idle_minutes, lab_payload, node_payload
 from .specs import LabNotFound, LabPackage, LabSpec, NodeSpec, load_lab
 
 logger = logging.getLogger(__name__)
@@ -491,10 +491,10 @@ def reap_labs(engine_factory: EngineFactory | None = None) -> dict[str, list[str
         if _reap_one(lab, "The lab reached the end of its time.", engine_factory):
             report["expired"].append(lab.short_id)
     for lab in Lab.objects.filter(state=State.READY, last_active_at__isnull=False):
-        idle = load_lab(lab.lab_slug).spec.idle_minutes
-        assert lab.last_active_at is not None
-        if lab.last_active_at < now - timedelta(minutes=idle):
-            if _reap_one(lab, f"Stopped after {idle} minutes without activity.", engine_factory):
+        deadline = idle_deadline(lab)
+        if deadline is not None and deadline < now:
+            reason = f"Stopped after {lab_idle_minutes(lab)} minutes without activity."
+            if _reap_one(lab, reason, engine_factory):
                 report["idle"].append(lab.short_id)
     stuck_before = now - timedelta(seconds=2 * settings.LAB_PROVISION_TIMEOUT)
     for lab in Lab.objects.filter(state__in=[State.REQUESTED, State.PROVISIONING], updated_at__lt=stuck_before):

@@ -18,10 +18,18 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def lab_idle_minutes(lab: Lab) -> int:
+    """The spec's idle_minutes; the default if the package has gone from under a live lab."""
     try:
         return load_lab(lab.lab_slug).spec.idle_minutes
     except LabSpecError:
         return LabSpec.model_fields["idle_minutes"].default
+
+
+def idle_deadline(lab: Lab) -> datetime | None:
+    """When a ready lab is stopped for inactivity: shown by the page, enforced by the reaper."""
+    if lab.last_active_at is None or lab.state != Lab.State.READY:
+        return None
+    return lab.last_active_at + timedelta(minutes=lab_idle_minutes(lab))
 
 
 def node_payload(node: Node) -> dict[str, Any]:
@@ -51,8 +59,8 @@ def lab_payload(lab: Lab) -> dict[str, Any]:
     seconds_left = idle_seconds_left = None
     if lab.expires_at and lab.is_live:
         seconds_left = max(0, int((lab.expires_at - timezone.now()).total_seconds()))
-    if lab.last_active_at and lab.state == Lab.State.READY:
-        idle_limit = lab.last_active_at + timedelta(minutes=lab_idle_minutes(lab))
+    idle_limit = idle_deadline(lab)
+    if idle_limit is not None:
         idle_seconds_left = max(0, int((idle_limit - timezone.now()).total_seconds()))
     return {
         "type": "lab",

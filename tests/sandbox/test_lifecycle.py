@@ -376,3 +376,11 @@ def test_idle_lab_is_stopped_and_activity_keeps_it(make_user, fake_engine: FakeE
     assert idle.state == Lab.State.STOPPED
     assert idle.reason == "Stopped after 30 minutes without activity."
     assert Lab.objects.get(pk=busy.pk).state == Lab.State.READY
+
+
+def test_reaper_still_stops_an_idle_lab_whose_package_is_gone(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    Lab.objects.filter(pk=lab.pk).update(lab_slug="removed-lab", last_active_at=timezone.now() - timedelta(hours=1))
+    report = lifecycle.reap_labs(engine_factory=lambda: fake_engine)
+    assert report["idle"] == [lab.short_id]
+    assert Lab.objects.get(pk=lab.pk).reason == "Stopped after 30 minutes without activity."
