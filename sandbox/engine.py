@@ -615,7 +615,11 @@ class EventStream:
             )
 
     def close(self) -> None:
-        self._stream.close()
+        """Stop the stream; safe to call more than once (stop() and shutdown may both call it)."""
+        try:
+            self._stream.close()
+        except OSError:
+            pass  # the socket is already closed: the stream has ended, which is what was asked
 
 
 class Terminal:
