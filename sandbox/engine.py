@@ -7,6 +7,7 @@ the engine alone, which is what reaping and reconciliation rely on.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import ipaddress
@@ -49,10 +50,17 @@ HANGUP = (
 
 # (image, user) -> (uid, gid). Image tags are content digests, so an answer never goes stale.
 _runtime_ids: dict[tuple[str, str | None], tuple[int, int]] = {}
+# Execs waited on with a timeout run here; one that hangs holds a worker until the engine's own
+# 60 s read timeout ends it, so a few workers are enough for the monitor's checks.
+_EXEC_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="exec")
 
 
 class EngineError(Exception):
     """The engine refused or failed an operation; the message can be shown to a learner."""
+
+
+class ExecTimedOut(EngineError):
+    """A command run with a timeout did not finish in time."""
 
 
 class EngineUnavailable(EngineError):
@@ -88,6 +96,16 @@ class NodeRun:
     cap_add: list[str] = field(default_factory=list)
     # path -> bytes: size-limited tmpfs mounts (disk faults fill these, never the host's disk).
     scratch: dict[str, int] = field(default_factory=dict)
+    files: list[NodeFile] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """A file copied into a node before it starts, owned by the node's user."""
+
+    path: str
+    content: bytes
+    mode: int = 0o644
 
 
 @dataclass(frozen=True)
@@ -201,6 +219,23 @@ class Engine:
         logger.info("built image %s in %.1fs", tag, time.monotonic() - started)
         return tag
 
+    def ensure_pulled(self, name: str) -> str:
+        """An image named in a spec (not built): used if the engine has it, else pulled."""
+        try:
+            self.client.images.get(name)
+            return name
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+        started = time.monotonic()
+        try:
+            self.client.images.pull(name)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Image {name} is not on this engine and could not be pulled: {exc}") from exc
+        logger.info("pulled image %s in %.1fs", name, time.monotonic() - started)
+        return name
+
     # -- networks ---------------------------------------------------------------------------
 
     def _used_subnets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -300,10 +335,25 @@ class Engine:
                 networking_config=networking,
                 healthcheck=healthcheck,
             )
+            if run.files:
+                api.put_archive(created["Id"], "/", self._files_archive(run))
             api.start(created["Id"])
         except docker.errors.DockerException as exc:
             raise EngineError(f"Could not start node {run.name}: {exc}") from exc
         return created["Id"]
+
+    def _files_archive(self, run: NodeRun) -> bytes:
+        """A tar of the node's files, owned by the user the node runs as (so a learner can edit a
+        config file in a terminal), unpacked at / before the node starts."""
+        uid, gid = self._runtime_ids(run.image, run.user)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for file in run.files:
+                info = tarfile.TarInfo(file.path.lstrip("/"))
+                info.size, info.mode, info.uid, info.gid = len(file.content), file.mode, uid, gid
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(file.content))
+        return buffer.getvalue()
 
     def _scratch_mounts(self, run: NodeRun) -> dict[str, str]:
         if not run.scratch:
@@ -399,13 +449,28 @@ class Engine:
             )
         return statuses
 
-    def exec(self, lab: str, node: str, command: list[str], user: str | None = None) -> ExecResult:
+    def exec(
+        self, lab: str, node: str, command: list[str], user: str | None = None, timeout: float | None = None
+    ) -> ExecResult:
+        """Run `command` in a node and wait for it. With `timeout`, stop waiting after that many
+        seconds and raise ExecTimedOut; the process is left to end on its own (the engine has no
+        call to kill one exec), so commands that may hang should bound themselves."""
         container = self._container(lab, node)
+
+        def run() -> ExecResult:
+            try:
+                exit_code, output = container.exec_run(command, user=user or "", demux=False)
+            except docker.errors.DockerException as exc:
+                raise EngineError(f"Could not run a command in {node}: {exc}") from exc
+            return ExecResult(exit_code=exit_code, output=(output or b"").decode(errors="replace"))
+
+        if timeout is None:
+            return run()
+        waiter = _EXEC_POOL.submit(run)
         try:
-            exit_code, output = container.exec_run(command, user=user or "", demux=False)
-        except docker.errors.DockerException as exc:
-            raise EngineError(f"Could not run a command in {node}: {exc}") from exc
-        return ExecResult(exit_code=exit_code, output=(output or b"").decode(errors="replace"))
+            return waiter.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise ExecTimedOut(f"{node}: no answer within {timeout:g} s") from None
 
     def run_sidecar(self, lab: str, node: str, image: str, command: list[str], cap_add: list[str]) -> ExecResult:
         """Run `command` in a short-lived container that shares `node`'s network namespace and

@@ -3,8 +3,9 @@
 Steps, each timed and reported:
 1. provision  the lab comes up with every node healthy;
 2. start      each objective is met or unmet as its `at_start` says;
-3. break      the spec's break fault runs, and every objective fails;
-4. solve      the solution script runs (exit 0), and every objective is met;
+3. break      the spec's break fault runs, and every objective but the questions fails;
+4. solve      the solution script runs (exit 0), each question refuses a wrong answer and takes
+              its right one, and every objective is met;
 5. teardown   the lab stops and nothing of it is left on the engine (always runs).
 A step that fails ends the test (teardown still runs).
 """
@@ -21,7 +22,7 @@ from django.contrib.auth import get_user_model
 from . import lifecycle
 from .models import Lab, ObjectiveResult
 from .monitor import Monitor
-from .specs import LabSpec, load_lab
+from .specs import LabSpec, ObjectiveSpec, QuestionCheck, load_lab
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,21 @@ def _wait_for(lab: Lab, wanted: Callable[[dict[str, str]], bool], seconds: float
     return wanted(_statuses(lab))
 
 
-def _longest_window(spec: LabSpec) -> int:
-    return max(objective.check.window for objective in spec.objectives)
+def _settle_seconds(spec: LabSpec, longest: bool = True) -> float:
+    """How long the checks need to show a change: the longest (or shortest) window or run series."""
+    seconds = [o.check.settle_seconds for o in spec.objectives if not o.is_question]
+    if not seconds:
+        return 0.0
+    return max(seconds) if longest else min(seconds)
+
+
+def _judged_keys(spec: LabSpec) -> list[str]:
+    """The objectives the lab itself decides (every kind but questions, which the learner answers)."""
+    return [o.key for o in spec.objectives if not o.is_question]
+
+
+# What `lab test` answers to a free-text question to prove a wrong answer is refused.
+WRONG_ANSWER = "stacklab lab test: surely not the answer"
 
 
 def _provision(lab: Lab, spec: LabSpec) -> str:
@@ -76,7 +90,7 @@ def _provision(lab: Lab, spec: LabSpec) -> str:
 def _start(lab: Lab, spec: LabSpec) -> str:
     met = [o.key for o in spec.objectives if o.at_start == "met"]
     unmet = [o.key for o in spec.objectives if o.at_start == "unmet"]
-    settle = _longest_window(spec) + SETTLE_SECONDS if met else min(o.check.window for o in spec.objectives) + 2
+    settle = _settle_seconds(spec) + SETTLE_SECONDS if met else _settle_seconds(spec, longest=False) + 2
     if met and not _wait_for(lab, lambda s: all(s.get(key) == Status.MET for key in met), settle):
         raise StepFailed(f"expected met at start: {', '.join(met)}; got {_reasons(lab)}")
     if not met:
@@ -89,21 +103,37 @@ def _start(lab: Lab, spec: LabSpec) -> str:
 
 def _break(lab: Lab, spec: LabSpec) -> str:
     lifecycle.inject_fault(str(lab.id), spec.break_)
-    keys = [o.key for o in spec.objectives]
-    if not _wait_for(lab, lambda s: all(s.get(key) == Status.FAILING for key in keys), SETTLE_SECONDS):
+    keys = _judged_keys(spec)
+    seconds = _settle_seconds(spec) + SETTLE_SECONDS
+    if not _wait_for(lab, lambda s: all(s.get(key) == Status.FAILING for key in keys), seconds):
         raise StepFailed(f"after the break every objective should fail; got {_reasons(lab)}")
-    return f"{spec.break_}: every objective failing"
+    unanswered = " (questions wait for the solve step)" if len(keys) < len(spec.objectives) else ""
+    return f"{spec.break_}: every objective failing{unanswered}"
 
 
 def _solve(lab: Lab, spec: LabSpec) -> str:
     result = lifecycle.run_solution(lab)
     if result.exit_code != 0:
         raise StepFailed(f"{spec.solution.script} exited {result.exit_code}: {result.output.strip()[-300:]}")
+    answered = [_answer(lab, objective) for objective in spec.objectives if objective.is_question]
     keys = [o.key for o in spec.objectives]
-    seconds = _longest_window(spec) + SETTLE_SECONDS
+    seconds = _settle_seconds(spec) + SETTLE_SECONDS
     if not _wait_for(lab, lambda s: all(s.get(key) == Status.MET for key in keys), seconds):
-        raise StepFailed(f"after the solution every objective should be met within {seconds} s; got {_reasons(lab)}")
-    return f"{spec.solution.script} exit 0; every objective met"
+        raise StepFailed(f"after the solution every objective should be met within {seconds:g} s; got {_reasons(lab)}")
+    questions = f"; {len(answered)} question(s) answered" if answered else ""
+    return f"{spec.solution.script} exit 0{questions}; every objective met"
+
+
+def _answer(lab: Lab, objective: ObjectiveSpec) -> str:
+    """Answer a question wrong (it must be refused), then right (it must be met)."""
+    check = objective.check
+    assert isinstance(check, QuestionCheck)
+    wrong = next((choice for choice in check.choices if choice != check.answer), WRONG_ANSWER)
+    if lifecycle.answer_question(lab, objective.key, wrong)["status"] != Status.FAILING:
+        raise StepFailed(f"question {objective.key} accepts a wrong answer: {wrong!r}")
+    if lifecycle.answer_question(lab, objective.key, check.answer)["status"] != Status.MET:
+        raise StepFailed(f"question {objective.key} refuses its own answer {check.answer!r}")
+    return objective.key
 
 
 def _teardown(lab: Lab, spec: LabSpec) -> str:

@@ -23,12 +23,13 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from . import timeline
-from .engine import Engine, EngineError, EngineUnavailable, ExecResult, Health, Network, NodeRun
+from .engine import Engine, EngineError, EngineUnavailable, ExecResult, Health, Network, NodeFile, NodeRun
 from .live import publish
 from .models import Lab, LabEvent, Node, ObjectiveResult
 from .nodestates import state_from_status
-from .payloads import idle_deadline, lab_idle_minutes, lab_payload, node_payload
-from .specs import LabNotFound, LabPackage, LabSpec, NodeSpec, load_lab
+from .payloads import idle_deadline, lab_idle_minutes, lab_payload, node_payload, objective_payload
+from .results import record_result
+from .specs import LabNotFound, LabPackage, LabSpec, LabSpecError, NodeSpec, ObjectiveSpec, QuestionCheck, load_lab
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,18 @@ State = Lab.State
 FIRST_NODE_ADDRESS = 10  # .1 is the gateway; nodes take .10, .11, ... in spec order
 HEALTH_POLL_SECONDS = 0.25
 WAITING = "Waiting for the first traffic figures"
+UNANSWERED = "Not answered yet"
+
+
+def _first_reason(objective: ObjectiveSpec) -> str:
+    """What an objective says before it is first judged."""
+    if objective.is_question:
+        return UNANSWERED
+    if objective.is_probe:
+        return "Waiting for the first run of its check"
+    return WAITING
+
+
 ACTIVE_EVERY = timedelta(seconds=30)
 STUCK_STOPPING = timedelta(minutes=2)
 
@@ -170,6 +183,46 @@ def next_hint(lab: Lab) -> tuple[int, int, str]:
     return lab.hints_shown, len(hints), hints[lab.hints_shown - 1]
 
 
+MAX_ANSWER_LENGTH = 500
+
+
+class NoSuchQuestion(LabError):
+    """The lab has no question objective with that key."""
+
+
+class InvalidAnswer(LabError):
+    """The answer cannot be judged (empty, too long, not one of the choices)."""
+
+
+def answer_question(lab: Lab, key: str, answer: str) -> dict[str, Any]:
+    """Judge a learner's answer to a question objective; returns the objective as the page shows
+    it. Right: met (and it stays met). Wrong: failing, with the answer quoted, to try again."""
+    if lab.state != State.READY:
+        raise LabError(f"This lab is {lab.state}: answer once it is running.")
+    spec = load_lab(lab.lab_slug).spec
+    objective = next((o for o in spec.objectives if o.key == key and o.is_question), None)
+    if objective is None:
+        raise NoSuchQuestion(f"This lab has no question {key!r}.")
+    check = objective.check
+    assert isinstance(check, QuestionCheck)
+    answer = answer.strip()
+    if not answer:
+        raise InvalidAnswer("Give an answer first.")
+    if len(answer) > MAX_ANSWER_LENGTH:
+        raise InvalidAnswer(f"An answer is at most {MAX_ANSWER_LENGTH} characters.")
+    if check.choices and answer not in check.choices:
+        raise InvalidAnswer("Pick one of the choices.")
+    result, _ = ObjectiveResult.objects.get_or_create(lab=lab, key=key)
+    if result.status != ObjectiveResult.Status.MET:
+        if check.is_right(answer):
+            status, reason = ObjectiveResult.Status.MET, f"Answered: {answer}"
+        else:
+            status, reason = ObjectiveResult.Status.FAILING, f"Not quite ({answer!r}): try again"
+        record_result(lab.pk, objective, status, reason, status_changed=status != result.status)
+        result.refresh_from_db()
+    return objective_payload(result, objective)
+
+
 # -- provision --------------------------------------------------------------------------------
 
 
@@ -209,11 +262,35 @@ def _node_runs(
                         pids=node.limits.pids,
                         cap_add=node.cap_add,
                         scratch=node.scratch_bytes,
+                        files=[
+                            NodeFile(path=file.path, content=package.read_file(file.source), mode=file.mode_bits)
+                            for file in node.files
+                        ],
                     ),
                 )
             )
             index += 1
     return runs
+
+
+def _image(engine: Engine, package: LabPackage, node: NodeSpec) -> str:
+    """The image a node runs: built from its context, or the named one (pulled if missing)."""
+    if node.image is not None:
+        return engine.ensure_pulled(node.image)
+    return engine.ensure_image(package.build_context(node))
+
+
+def _run_setup(engine: Engine, lab: Lab, package: LabPackage, deadline: float) -> None:
+    """Run the spec's setup scripts in order; one that fails (or outlives the provisioning
+    deadline) fails the lab with its output."""
+    for step in package.spec.setup:
+        _step(lab, f"Setting up: {step.script} in {step.node}")
+        seconds = max(1.0, deadline - time.monotonic())
+        script = package.read_script(step.script)
+        result = engine.exec(lab.short_id, step.node, ["sh", "-c", script], user=step.user, timeout=seconds)
+        if result.exit_code != 0:
+            tail = result.output.strip()[-300:]
+            raise EngineError(f"Setup {step.script} in {step.node} exited {result.exit_code}: {tail}")
 
 
 def _wait_healthy(engine: Engine, lab: Lab, names: set[str], deadline: float) -> None:
@@ -254,7 +331,7 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
     try:
         package = load_lab(lab.lab_slug)
         _step(lab, "Preparing images")
-        images = {node.name: engine.ensure_image(package.build_context(node)) for node in package.spec.nodes}
+        images = {node.name: _image(engine, package, node) for node in package.spec.nodes}
         if package.spec.has_network_faults:
             engine.ensure_image(package.tools_context)  # now, so that injecting one is quick
         network = engine.create_network(lab.short_id, lab.owner_id)
@@ -283,8 +360,12 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
                     _step(lab, f"Started {run.name}")
             started[node.name] = set(node.instances)
         _wait_healthy(engine, lab, {run.name for _, run in runs}, deadline)
+        _run_setup(engine, lab, package, deadline)
         ObjectiveResult.objects.bulk_create(
-            (ObjectiveResult(lab=lab, key=objective.key, reason=WAITING) for objective in package.spec.objectives),
+            (
+                ObjectiveResult(lab=lab, key=objective.key, reason=_first_reason(objective))
+                for objective in package.spec.objectives
+            ),
             ignore_conflicts=True,  # a reset keeps its rows (and the progress in them)
         )
         _step(lab, "All nodes healthy")
@@ -390,7 +471,14 @@ def reset_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> None:
         _move(lab.pk, [State.REQUESTED], State.FAILED, reason=f"Reset failed: {exc}", stopped_at=timezone.now())
         return
     Node.objects.filter(lab=lab).delete()
-    ObjectiveResult.objects.filter(lab=lab).update(status=ObjectiveResult.Status.PENDING, reason=WAITING)
+    try:
+        objectives = load_lab(lab.lab_slug).spec.objectives
+    except LabSpecError:
+        objectives = []  # provisioning will fail the lab with the reason
+    for objective in objectives:
+        ObjectiveResult.objects.filter(lab=lab, key=objective.key).update(
+            status=ObjectiveResult.Status.PENDING, reason=_first_reason(objective)
+        )
     Lab.objects.filter(pk=lab.pk).update(steps=[], broken_at=None, subnet="")
     provision_lab(lab_id, engine_factory)
 

@@ -20,19 +20,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import close_old_connections, connection
-from django.db.models import DateTimeField, F, Value
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import timeline
+from .checks import Outcome, run_check
 from .engine import Engine, EngineError, NodeEvent
 from .lifecycle import connect_engine, reconcile_labs, sync_nodes
 from .live import publish, remember_metrics
 from .models import Lab, LabEvent, Node, ObjectiveResult
 from .nodestates import NOT_SERVING, state_from_event, state_from_status
 from .objectives import Sample, judge
-from .payloads import node_payload, objective_payload
-from .specs import LabSpec, LabSpecError, load_lab
+from .payloads import node_payload
+from .results import record_result
+from .specs import (
+    CommandCheck,
+    HttpCheck,
+    LabPackage,
+    LabSpec,
+    LabSpecError,
+    MetricCheck,
+    ObjectiveSpec,
+    ProbeCheck,
+    load_lab,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +56,23 @@ class LabWatch:
 
     lab_id: str
     short_id: str
-    spec: LabSpec
+    package: LabPackage
     node_states: dict[str, str]
     samples: deque[Sample] = field(default_factory=deque)
     verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    streaks: dict[str, int] = field(default_factory=dict)  # consecutive passing runs per probe check
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    checker: threading.Thread | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def spec(self) -> LabSpec:
+        return self.package.spec
+
+    @property
+    def probes(self) -> list[ObjectiveSpec]:
+        return [objective for objective in self.spec.objectives if objective.is_probe]
 
     @property
     def groups(self) -> dict[str, list[str]]:
@@ -120,8 +140,9 @@ class Monitor:
         if self._events_stream is not None:
             self._events_stream.close()
         for watch in list(self.watches.values()):
-            if watch.thread is not None:
-                watch.thread.join(timeout=5)
+            for thread in (watch.thread, watch.checker):
+                if thread is not None:
+                    thread.join(timeout=5)
         if self._events_thread is not None:
             self._events_thread.join(timeout=5)
         logger.info("monitor: stopped")
@@ -140,12 +161,12 @@ class Monitor:
             watch = self.watches.get(lab_id)
             if watch is None:
                 try:
-                    spec = load_lab(lab.lab_slug).spec
+                    package = load_lab(lab.lab_slug)
                 except LabSpecError:
                     logger.exception("lab %s: spec unreadable, not followed", lab.short_id)
                     continue
                 states = {node.name: node.state for node in lab.nodes.all()}
-                watch = LabWatch(lab_id=lab_id, short_id=lab.short_id, spec=spec, node_states=states)
+                watch = LabWatch(lab_id=lab_id, short_id=lab.short_id, package=package, node_states=states)
                 watch.verdicts = {result.key: (result.status, result.reason) for result in lab.objective_results.all()}
                 self.watches[lab_id] = watch
                 logger.info("lab %s: monitor follows", lab.short_id)
@@ -160,6 +181,11 @@ class Monitor:
                     target=self._follow_traffic, args=(watch,), name=f"traffic-{lab.short_id}", daemon=True
                 )
                 watch.thread.start()
+            if watch.probes and (watch.checker is None or not watch.checker.is_alive()):
+                watch.checker = threading.Thread(
+                    target=self._run_checks, args=(watch,), name=f"checks-{lab.short_id}", daemon=True
+                )
+                watch.checker.start()
 
     # -- node events ------------------------------------------------------------------------
 
@@ -271,37 +297,72 @@ class Monitor:
         publish(watch.lab_id, figures)
         remember_metrics(watch.lab_id, figures)
         watch.samples.append(sample)
-        horizon = max(objective.check.window for objective in watch.spec.objectives) + SAMPLE_HISTORY
+        metric_objectives = [o for o in watch.spec.objectives if isinstance(o.check, MetricCheck)]
+        horizon = max((o.check.window for o in metric_objectives), default=0) + SAMPLE_HISTORY
         while watch.samples and watch.samples[0].t < sample.t - horizon:
             watch.samples.popleft()
-        for objective in watch.spec.objectives:
+        for objective in metric_objectives:
+            assert isinstance(objective.check, MetricCheck)
             previous = watch.verdicts.get(objective.key, (ObjectiveResult.Status.PENDING, ""))
             verdict = judge(objective.check, list(watch.samples), watch.groups, previous[0])
             if verdict is None or (verdict.status, verdict.reason) == previous:
                 continue
             watch.verdicts[objective.key] = (verdict.status, verdict.reason)
-            self._record(
-                watch,
-                objective.key,
-                objective.title,
-                verdict.status,
-                verdict.reason,
-                status_changed=verdict.status != previous[0],
-            )
+            record_result(watch.lab_id, objective, verdict.status, verdict.reason, verdict.status != previous[0])
 
-    def _record(self, watch: LabWatch, key: str, title: str, status: str, reason: str, status_changed: bool) -> None:
-        """Store a changed status (the learner's progress) and push every change to the page."""
-        results = ObjectiveResult.objects.filter(lab_id=watch.lab_id, key=key)
-        if status_changed:
-            fields: dict[str, Any] = {"status": status, "reason": reason, "updated_at": timezone.now()}
-            if status == ObjectiveResult.Status.MET:
-                fields["first_met_at"] = Coalesce(
-                    F("first_met_at"), Value(timezone.now(), output_field=DateTimeField())
-                )
-            results.update(**fields)
-            logger.info("lab %s: objective %s %s: %s", watch.short_id, key, status, reason)
-            if status != ObjectiveResult.Status.PENDING:
-                timeline.record(watch.lab_id, LabEvent.Kind.OBJECTIVE, f"{title}: {status} ({reason})")
-        result = results.first() or ObjectiveResult(key=key)
-        result.status, result.reason = status, reason
-        publish(watch.lab_id, objective_payload(result, title))
+    # -- http and command checks ------------------------------------------------------------
+
+    def _run_checks(self, watch: LabWatch) -> None:
+        """Run the lab's http and command checks in their nodes, each every `interval` seconds."""
+        due: dict[str, float] = {}
+        try:
+            engine = self.engine_factory()
+            while not (watch.stop.is_set() or self.stopping.is_set()):
+                next_run = self.run_due_checks(watch, engine, due)
+                watch.stop.wait(max(0.05, next_run - time.monotonic()))
+        except Exception:
+            logger.exception("lab %s: checks failed", watch.short_id)
+            watch.stop.wait(RECONNECT_SECONDS)  # the main loop restarts a checker that ended
+        finally:
+            connection.close()
+
+    def run_due_checks(self, watch: LabWatch, engine: Engine, due: dict[str, float]) -> float:
+        """Run the checks whose time has come (`due`: key -> next run, monotonic; absent = now),
+        one at a time: a lab has few, and a slow one only delays the next. Returns when the next
+        one is due."""
+        for objective in watch.probes:
+            check = objective.check
+            assert isinstance(check, HttpCheck | CommandCheck)
+            if time.monotonic() < due.get(objective.key, 0.0):
+                continue
+            due[objective.key] = time.monotonic() + check.interval
+            outcome = run_check(engine, watch.short_id, check, watch.package)
+            if watch.stop.is_set():
+                break  # the lab went away while the check ran: its result means nothing
+            self.handle_check(watch, objective, outcome)
+        return min(due.values(), default=time.monotonic() + 1)
+
+    def handle_check(self, watch: LabWatch, objective: ObjectiveSpec, outcome: Outcome) -> None:
+        """One run of a check: met after `passes` passing runs in a row, failing after `fails`
+        failing runs in a row; in between, the objective keeps its status and says what it saw."""
+        check = objective.check
+        assert isinstance(check, ProbeCheck)
+        previous = watch.verdicts.get(objective.key, (ObjectiveResult.Status.PENDING, ""))
+        streak = watch.streaks.get(objective.key, 0)
+        # Positive: passing runs in a row; negative: failing runs in a row.
+        streak = max(streak, 0) + 1 if outcome.passed else min(streak, 0) - 1
+        watch.streaks[objective.key] = streak
+        if streak >= check.passes:
+            status, reason = ObjectiveResult.Status.MET, outcome.reason
+        elif -streak >= check.fails:
+            status, reason = ObjectiveResult.Status.FAILING, outcome.reason
+        elif outcome.passed:
+            status = ObjectiveResult.Status.PENDING if previous[0] != ObjectiveResult.Status.MET else previous[0]
+            reason = f"{outcome.reason} (passed {streak} of {check.passes} runs)"
+        else:
+            status = previous[0]
+            reason = f"{outcome.reason} (failed {-streak} of {check.fails} runs)"
+        if (status, reason) == previous:
+            return
+        watch.verdicts[objective.key] = (status, reason)
+        record_result(watch.lab_id, objective, status, reason, status != previous[0])

@@ -10,7 +10,7 @@ from django.utils import timezone
 from . import timeline
 from .live import metrics_history
 from .models import Lab, Node, ObjectiveResult
-from .specs import LabSpec, LabSpecError, load_lab
+from .specs import LabSpec, LabSpecError, ObjectiveSpec, QuestionCheck, load_lab
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -43,15 +43,26 @@ def node_payload(node: Node) -> dict[str, Any]:
     }
 
 
-def objective_payload(result: ObjectiveResult, title: str) -> dict[str, Any]:
-    return {
+def objective_payload(result: ObjectiveResult, objective: ObjectiveSpec) -> dict[str, Any]:
+    """An objective's live state. A question carries what the page needs to ask it (never its
+    answer); its explanation only once it is answered right."""
+    payload: dict[str, Any] = {
         "type": "objective",
         "key": result.key,
-        "title": title,
+        "title": objective.title,
+        "kind": objective.check.kind,
         "status": result.status,
         "reason": result.reason,
         "first_met_at": _iso(result.first_met_at),
     }
+    if isinstance(objective.check, QuestionCheck):
+        is_met = result.status == ObjectiveResult.Status.MET
+        payload["question"] = {
+            "prompt": objective.check.prompt,
+            "choices": objective.check.choices,
+            "explanation": objective.check.explanation if is_met else "",
+        }
+    return payload
 
 
 def lab_payload(lab: Lab) -> dict[str, Any]:
@@ -87,7 +98,7 @@ def snapshot_payload(lab: Lab) -> dict[str, Any]:
         spec = None  # the package went away under a live lab: show what the rows know
     results = {result.key: result for result in lab.objective_results.all()}
     objectives = [
-        objective_payload(results.get(objective.key) or ObjectiveResult(key=objective.key), objective.title)
+        objective_payload(results.get(objective.key) or ObjectiveResult(key=objective.key), objective)
         for objective in (spec.objectives if spec else [])
     ]
     return {

@@ -14,7 +14,15 @@ from typing import Annotated, Literal
 
 import yaml
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 NAME = r"^[a-z][a-z0-9-]{0,30}$"
 SPEC_FILE = "lab.yaml"
@@ -78,10 +86,36 @@ SCRATCH_MAX_BYTES = 256 * 1024**2
 SCRATCH_FORBIDDEN = ("/proc", "/sys", "/dev")
 
 
+def _check_container_path(path: str) -> str:
+    """A path inside a container that a mount or a copied file may take."""
+    parts = PurePosixPath(path).parts
+    if not path.startswith("/") or path == "/" or ".." in parts or str(PurePosixPath(path)) != path:
+        raise ValueError(f"{path!r} must be an absolute, normalised path other than /")
+    if any(path == root or path.startswith(root + "/") for root in SCRATCH_FORBIDDEN):
+        raise ValueError(f"{path!r} would hide {', '.join(SCRATCH_FORBIDDEN)}")
+    return path
+
+
+class FileSpec(Strict):
+    """A file of the lab folder copied into each instance of a node before it starts."""
+
+    path: Annotated[str, AfterValidator(_check_container_path)] = Field(description="where, in the container")
+    source: str = Field(description="the file in the lab folder")
+    mode: Annotated[str, Field(pattern=r"^0?[0-7]{3}$")] = "0644"
+
+    @property
+    def mode_bits(self) -> int:
+        return int(self.mode, 8)
+
+
 class NodeSpec(Strict):
     name: Annotated[str, Field(pattern=NAME)]
     role: Literal["lb", "app", "cache", "db", "traffic", "other"] = "other"
-    build: str
+    build: str | None = Field(default=None, description="a build context (folder with a Dockerfile)")
+    image: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9._/:@-]*$", description="an image name, used as it is"
+    )
+    files: list[FileSpec] = Field(default=[], description="files copied in, owned by the node's user")
     replicas: int = Field(default=1, ge=1, le=8)
     command: list[str] | None = None
     env: dict[str, str] = {}
@@ -109,17 +143,22 @@ class NodeSpec(Strict):
     def scratch_is_sane(cls, scratch: dict[str, str]) -> dict[str, str]:
         checked = {}
         for path, size in scratch.items():
-            parts = PurePosixPath(path).parts
-            if not path.startswith("/") or path == "/" or ".." in parts or str(PurePosixPath(path)) != path:
-                raise ValueError(f"{path!r} must be an absolute, normalised path other than /")
-            if any(path == root or path.startswith(root + "/") for root in SCRATCH_FORBIDDEN):
-                raise ValueError(f"{path!r} would hide {', '.join(SCRATCH_FORBIDDEN)}")
+            _check_container_path(path)
             if not MEMORY.match(size.lower()):
                 raise ValueError(f"{path}: size must look like 16m or 512k")
             if not SCRATCH_MIN_BYTES <= size_bytes(size.lower()) <= SCRATCH_MAX_BYTES:
                 raise ValueError(f"{path}: size must be between 1m and 256m")
             checked[path] = size.lower()
         return checked
+
+    @model_validator(mode="after")
+    def has_one_image(self) -> NodeSpec:
+        if (self.build is None) == (self.image is None):
+            raise ValueError("give either build or image")
+        paths = [file.path for file in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("files: two files share a path")
+        return self
 
     @model_validator(mode="after")
     def scratch_fits_in_memory(self) -> NodeSpec:
@@ -175,14 +214,119 @@ class FaultSpec(Strict):
 
 
 class MetricCheck(Strict):
+    """Judged on the traffic node's figures: the metric stays below a bound over a window."""
+
     kind: Literal["metric"]
     metric: Literal["error_rate", "p95_ms"]
     below: float = Field(gt=0)
     window: int = Field(ge=3, le=600, description="seconds the condition must hold")
     while_down: str | None = Field(default=None, description="node group: judged only while one of its nodes is down")
 
+    @property
+    def settle_seconds(self) -> float:
+        return self.window
 
-ObjectiveCheck = Annotated[MetricCheck, Field(discriminator="kind")]
+
+def _compiles(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc})") from exc
+    return pattern
+
+
+Pattern = Annotated[str, AfterValidator(_compiles)]
+
+
+class ProbeCheck(Strict):
+    """A check the monitor runs inside a node every `interval` seconds."""
+
+    node: str = Field(description="the instance the check runs in")
+    timeout: float = Field(default=3.0, gt=0, le=30, description="seconds before the check counts as failed")
+    interval: float = Field(default=2.0, ge=1, le=60, description="seconds between two runs")
+    passes: int = Field(default=1, ge=1, le=20, description="consecutive passing runs needed to be met")
+    fails: int = Field(default=1, ge=1, le=20, description="consecutive failing runs needed to be failing")
+
+    @property
+    def settle_seconds(self) -> float:
+        return (self.interval + self.timeout) * max(self.passes, self.fails)
+
+
+class HttpCheck(ProbeCheck):
+    """An HTTP request sent from a node (with curl) through the lab, e.g. to the load balancer."""
+
+    kind: Literal["http"]
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+    method: Literal["GET", "HEAD", "POST", "PUT", "DELETE"] = "GET"
+    data: str | None = Field(default=None, description="request body, for POST and PUT")
+    status: int = Field(default=200, ge=100, le=599)
+    body: Pattern | None = Field(default=None, description="a regular expression the body must contain")
+    headers: dict[str, Pattern] = Field(
+        default={}, description="header name -> a regular expression its value must contain"
+    )
+
+
+class CommandCheck(ProbeCheck):
+    """A command (or a script of the package) run in a node; its exit code and output decide."""
+
+    kind: Literal["command"]
+    command: list[str] | None = Field(default=None, min_length=1)
+    script: str | None = Field(default=None, description="a file of the package, run as `sh -c <its text>`")
+    user: str | None = None
+    exit_code: int = Field(default=0, ge=0, le=255)
+    output: Pattern | None = Field(default=None, description="a regular expression the output must contain")
+
+    @model_validator(mode="after")
+    def runs_one_thing(self) -> CommandCheck:
+        if (self.command is None) == (self.script is None):
+            raise ValueError("give either command or script")
+        return self
+
+
+def normalise_answer(text: str) -> str:
+    """How a learner's free-text answer is compared: trimmed, inner spaces squeezed."""
+    return " ".join(text.split())
+
+
+class QuestionCheck(Strict):
+    """A question the learner answers on the lab page: met once answered right."""
+
+    kind: Literal["question"]
+    prompt: str = Field(min_length=1)
+    choices: list[str] = Field(default=[], description="answers to pick from; none for a free-text answer")
+    answer: str = Field(min_length=1, description="the right answer (one of choices, if there are choices)")
+    accept: list[Pattern] = Field(
+        default=[], description="free text: regular expressions (whole answer, any case) that also count as right"
+    )
+    explanation: str = Field(default="", description="shown once the learner has answered right")
+
+    @model_validator(mode="after")
+    def answer_is_consistent(self) -> QuestionCheck:
+        if self.choices:
+            if len(self.choices) < 2:
+                raise ValueError("choices: give at least two, or none for a free-text answer")
+            if len(set(self.choices)) != len(self.choices):
+                raise ValueError("choices: two choices are the same")
+            if self.answer not in self.choices:
+                raise ValueError("answer must be one of the choices")
+            if self.accept:
+                raise ValueError("accept is only for free-text questions (no choices)")
+        return self
+
+    def is_right(self, given: str) -> bool:
+        if self.choices:
+            return given == self.answer
+        given = normalise_answer(given)
+        if given.casefold() == normalise_answer(self.answer).casefold():
+            return True
+        return any(re.fullmatch(pattern, given, re.IGNORECASE) for pattern in self.accept)
+
+    @property
+    def settle_seconds(self) -> float:
+        return 0.0
+
+
+ObjectiveCheck = Annotated[MetricCheck | HttpCheck | CommandCheck | QuestionCheck, Field(discriminator="kind")]
 
 
 class ObjectiveSpec(Strict):
@@ -194,12 +338,34 @@ class ObjectiveSpec(Strict):
         default="unmet", description="what `lab test` expects before the break (after it: unmet; solved: met)"
     )
 
+    @model_validator(mode="after")
+    def a_question_starts_unanswered(self) -> ObjectiveSpec:
+        if self.is_question and self.at_start == "met":
+            raise ValueError("at_start: a question is unanswered at the start (unmet)")
+        return self
+
+    @property
+    def is_question(self) -> bool:
+        return isinstance(self.check, QuestionCheck)
+
+    @property
+    def is_probe(self) -> bool:
+        return isinstance(self.check, ProbeCheck)
+
 
 class SolutionSpec(Strict):
     node: str
     script: str
     user: str | None = None
     reveal: bool = Field(default=False, description="learners may read the solution script")
+
+
+class SetupStep(Strict):
+    """A script run in a node once every node is healthy, before the lab is ready."""
+
+    node: str
+    script: str
+    user: str | None = None
 
 
 class LabSpec(Strict):
@@ -216,6 +382,7 @@ class LabSpec(Strict):
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     hints: list[str] = []
     solution: SolutionSpec
+    setup: list[SetupStep] = Field(default=[], description="scripts run in order before the lab is ready")
 
     def node(self, group: str) -> NodeSpec:
         return next(node for node in self.nodes if node.name == group)
@@ -282,10 +449,14 @@ class LabPackage:
         return self.spec.slug
 
     def build_context(self, node: NodeSpec) -> Path:
+        assert node.build is not None  # callers ask only for nodes that build
         return (self.root / node.build).resolve()
 
     def read_script(self, relative: str) -> str:
         return (self.root / relative).read_text()
+
+    def read_file(self, relative: str) -> bytes:
+        return (self.root / relative).read_bytes()
 
     @property
     def tools_context(self) -> Path:
@@ -333,14 +504,19 @@ def reference_problems(spec: LabSpec) -> list[tuple[Loc, str]]:
         problems.append((("break",), f"no fault with key {spec.break_!r}"))
     if spec.solution.node not in instances:
         problems.append((("solution", "node"), f"no node named {spec.solution.node!r}"))
+    for index, step in enumerate(spec.setup):
+        if step.node not in instances:
+            problems.append((("setup", index, "node"), f"no node named {step.node!r}"))
     seen = set()
     for index, objective in enumerate(spec.objectives):
         if objective.key in seen:
             problems.append((("objectives", index, "key"), "two objectives share a key"))
         seen.add(objective.key)
-        group = objective.check.while_down
-        if group is not None and group not in groups:
-            problems.append((("objectives", index, "check", "while_down"), f"no node {group!r}"))
+        check = objective.check
+        if isinstance(check, MetricCheck) and check.while_down is not None and check.while_down not in groups:
+            problems.append((("objectives", index, "check", "while_down"), f"no node {check.while_down!r}"))
+        if isinstance(check, ProbeCheck) and check.node not in instances:
+            problems.append((("objectives", index, "check", "node"), f"no node named {check.node!r}"))
     if spec.max_ttl_minutes < spec.ttl_minutes:
         problems.append((("max_ttl_minutes",), "must be at least ttl_minutes"))
     return problems
@@ -354,19 +530,43 @@ def _file_problems(package: LabPackage, folder: str) -> list[tuple[Loc, str]]:
         problems.append((("slug",), f"{spec.slug!r} must match the folder {folder!r}"))
     labs_root = package.root.parent
     for index, node in enumerate(spec.nodes):
-        context = package.build_context(node)
-        if not context.is_relative_to(labs_root):
-            problems.append((("nodes", index, "build"), f"must stay inside {labs_root}"))
-        elif not (context / "Dockerfile").is_file():
-            problems.append((("nodes", index, "build"), f"no Dockerfile in {context}"))
+        if node.build is not None:
+            context = package.build_context(node)
+            if not context.is_relative_to(labs_root):
+                problems.append((("nodes", index, "build"), f"must stay inside {labs_root}"))
+            elif not (context / "Dockerfile").is_file():
+                problems.append((("nodes", index, "build"), f"no Dockerfile in {context}"))
+        for position, file in enumerate(node.files):
+            problem = _missing(package, file.source)
+            if problem:
+                problems.append((("nodes", index, "files", position, "source"), problem))
     network = [index for index, fault in enumerate(spec.faults) if fault.action == "network"]
     if network and not (package.tools_context / "Dockerfile").is_file():
         problems.append(
             (("faults", network[0], "action"), f"a network fault needs a Dockerfile in {package.tools_context}")
         )
-    if not (package.root / spec.solution.script).is_file():
-        problems.append((("solution", "script"), f"no file {spec.solution.script!r}"))
+    scripts: list[tuple[Loc, str]] = [(("solution", "script"), spec.solution.script)]
+    scripts += [(("setup", index, "script"), step.script) for index, step in enumerate(spec.setup)]
+    scripts += [
+        (("objectives", index, "check", "script"), objective.check.script)
+        for index, objective in enumerate(spec.objectives)
+        if isinstance(objective.check, CommandCheck) and objective.check.script is not None
+    ]
+    for loc, relative in scripts:
+        problem = _missing(package, relative)
+        if problem:
+            problems.append((loc, problem))
     return problems
+
+
+def _missing(package: LabPackage, relative: str) -> str | None:
+    """Why a file the spec names cannot be used (missing, or outside the lab folder), or None."""
+    path = (package.root / relative).resolve()
+    if not path.is_relative_to(package.root):
+        return f"{relative!r} must stay inside the lab folder"
+    if not path.is_file():
+        return f"no file {relative!r}"
+    return None
 
 
 def _entry(node: yaml.Node, part: str | int) -> tuple[yaml.Node, yaml.Node] | None:
@@ -387,11 +587,12 @@ def _line_of(root: yaml.Node | None, loc: Loc) -> int:
     for position, part in enumerate(loc):
         entry = _entry(node, part)
         # Parts that match nothing are pydantic's union and discriminator tags (`list[str]`,
-        # `metric`); a tag that equals a scalar key is skipped when the next part is a key here.
+        # `http`). A tag can equal a key of the same mapping (`kind: metric` beside `metric:`,
+        # `kind: command` beside `command:`): it is skipped when the next part is a key here.
         if entry is None:
             continue
         rest = loc[position + 1 :]
-        if rest and isinstance(entry[1], yaml.ScalarNode) and _entry(node, rest[0]) is not None:
+        if rest and _entry(node, rest[0]) is not None:
             continue
         line, node = entry[0].start_mark.line, entry[1]
     return line + 1

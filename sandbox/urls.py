@@ -16,4 +16,5 @@ urlpatterns = [
     path("labs/<str:lab_id>/skip", views.skip_lab, name="skip"),
     path("labs/<str:lab_id>/hints/next", views.next_hint, name="hint"),
     path("labs/<str:lab_id>/active", views.still_here, name="active"),
+    path("labs/<str:lab_id>/objectives/<slug:key>/answer", views.answer_question, name="answer"),
 ]

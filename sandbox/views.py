@@ -140,3 +140,23 @@ def next_hint(request: HttpRequest, lab_id: str) -> JsonResponse:
         return refused(error)
     lifecycle.mark_active(lab.pk)
     return JsonResponse({"index": index, "total": total, "hint": hint})
+
+
+@require_POST
+@api_login_required
+def answer_question(request: HttpRequest, lab_id: str, key: str) -> JsonResponse:
+    """The learner answers a question objective: `{"answer": "..."}` -> the objective."""
+    lab = get_lab_for_user(request.user, lab_id, write=True)
+    try:
+        answer = json_body(request).get("answer")
+        if not isinstance(answer, str):
+            raise lifecycle.InvalidAnswer('Send the answer as a string: {"answer": "..."}.')
+        objective = lifecycle.answer_question(lab, key, answer)
+    except lifecycle.NoSuchQuestion as error:
+        raise Http404(str(error)) from error
+    except lifecycle.InvalidAnswer as error:
+        return JsonResponse({"error": str(error)}, status=400)
+    except lifecycle.LabError as error:
+        return refused(error)
+    lifecycle.mark_active(lab.pk)
+    return JsonResponse(objective)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make run` after setup: migrate, create the demo accounts, then supervise every process
+# `make run` after setup: migrate, load the course content (stopping with the report if a lesson
+# or lab has a problem), create the demo accounts, then supervise every process
 # (web, worker, beat, watcher, and a private Redis when REDIS_URL is unset) with honcho.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ if [ -z "${REDIS_URL:-}" ]; then
   processes=(redis "${processes[@]}")
 fi
 python manage.py migrate --noinput
+python manage.py load_content
 python manage.py setup_demo
 echo "Stacklab: starting at http://127.0.0.1:${STACKLAB_PORT}/  (Ctrl-C stops everything)"
 exec honcho start --no-colour -f Procfile "${processes[@]}"

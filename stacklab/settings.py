@@ -80,6 +80,8 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{RUN_DIR / 'stacklab.sqlite3'}")
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The newcomer's database lives in the run directory: make it, so `migrate` works first time.
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # The web server, the worker and the watcher all write: wait for the lock instead of failing,
     # and take it up front so a read-then-write transaction cannot deadlock.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
@@ -151,6 +153,8 @@ STATICFILES_DIRS = [
     ("vendor/xterm", BASE_DIR / "node_modules/@xterm/xterm/css"),
     ("vendor/xterm-addon-fit", BASE_DIR / "node_modules/@xterm/addon-fit/lib"),
     ("vendor/uplot", BASE_DIR / "node_modules/uplot/dist"),
+    # Lesson diagrams: the ESM build imports its chunks from beside it (chunks/mermaid.esm.min/).
+    ("vendor/mermaid", BASE_DIR / "node_modules/mermaid/dist"),
 ]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
@@ -166,6 +170,9 @@ LOGGING = {
 # Where lab packages and lessons live (content in git).
 LABS_DIR = Path(os.environ.get("STACKLAB_LABS_DIR", BASE_DIR / "labs"))
 LESSONS_DIR = Path(os.environ.get("STACKLAB_LESSONS_DIR", BASE_DIR / "course" / "lessons"))
+# The pages load the content files into the database themselves when one changed, so an edit
+# shows on reload; off (production), they show what `manage.py load_content` last loaded.
+CONTENT_AUTOLOAD = env_bool("STACKLAB_CONTENT_AUTOLOAD", DEBUG)
 # Engine objects carry this label, so two Stacklab installs (or a test run beside `make run`)
 # on one Docker engine never reap each other's labs.
 STACKLAB_INSTANCE = os.environ.get("STACKLAB_INSTANCE", "default")

@@ -71,6 +71,10 @@ class FakeEngine:
         self.images.append(context)
         return f"fake/{context.name}:1"
 
+    def ensure_pulled(self, name: str) -> str:
+        self.images.append(Path(name))
+        return name
+
     def create_network(self, lab: str, owner: int) -> Network:
         self.networks.add(lab)
         return Network(name=f"net-{lab}", subnet="10.213.7.0/24", gateway="10.213.7.1")
@@ -88,7 +92,9 @@ class FakeEngine:
             if lab is None or l == lab
         ]
 
-    def exec(self, lab: str, node: str, command: list[str], user: str | None = None) -> ExecResult:
+    def exec(
+        self, lab: str, node: str, command: list[str], user: str | None = None, timeout: float | None = None
+    ) -> ExecResult:
         self.execs.append((node, command))
         return ExecResult(exit_code=0, output="ok")
 
@@ -139,7 +145,8 @@ def engine() -> Iterator[Engine]:
     for slug in list_labs():
         package = load_lab(slug)
         for node in package.spec.nodes:
-            real.ensure_image(package.build_context(node))
+            if node.build is not None:
+                real.ensure_image(package.build_context(node))
         if package.spec.has_network_faults:
             real.ensure_image(package.tools_context)
     yield real

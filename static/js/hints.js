@@ -2,13 +2,7 @@
 // snapshot carries the hints already shown ({"shown": [...], "total": n}), so a reload shows
 // them again; it also carries the solution's text when the lab lets learners read it.
 
-import { el, say } from "./util.js";
-
-// Text with `code` spans, built as DOM (never as HTML).
-function withCode(text) {
-  const parts = String(text).split("`");
-  return parts.map((part, i) => (i % 2 ? el("code", "", part) : document.createTextNode(part)));
-}
+import { el, say, withCode } from "./util.js";
 
 const CLEAR_AFTER = 15000; // ms an "ok" note stays
 

@@ -17,6 +17,7 @@ import { createHints } from "./hints.js";
 import { createTerminals } from "./terminal.js";
 import { createTimeline } from "./timeline.js";
 import { createTopology } from "./topology.js";
+import { createQuestion } from "./questions.js";
 import { el, postJSON, say } from "./util.js";
 
 const panel = document.getElementById("lab-panel");
@@ -34,6 +35,7 @@ let socket = null;
 let retryDelay = 500;
 const nodes = new Map();
 const objectives = new Map();
+const objectiveItems = new Map(); // key -> its list item, kept across updates (question forms keep their input)
 
 const ctx = {
   panel,
@@ -99,6 +101,7 @@ function renderLab(lab) {
   button("extend").disabled = lab.state !== "ready";
   button("stop").disabled = !live;
   renderNodes(); // terminal buttons follow the lab's state
+  renderObjectives(); // so do the question forms
   dispatch("lab", lab);
 }
 
@@ -133,14 +136,33 @@ function renderNodes() {
   list("nodes").replaceChildren(...rows);
 }
 
-function renderObjectives() {
-  const items = [...objectives.values()].map((objective) => {
-    const item = el("li", `objective ${objective.status}`);
+function objectiveItem(objective) {
+  let entry = objectiveItems.get(objective.key);
+  if (!entry) {
+    const item = el("li");
     item.dataset.objective = objective.key;
-    item.append(el("span", "title", objective.title), el("span", "reason", objective.reason));
-    return item;
-  });
-  list("objectives").replaceChildren(...items);
+    entry = { item, title: el("span", "title"), reason: el("span", "reason"), question: null };
+    item.append(entry.title, entry.reason);
+    if (objective.question) {
+      entry.question = createQuestion(ctx, objective, (answered) => handlers.objective(answered));
+      item.append(entry.question.element);
+    }
+    objectiveItems.set(objective.key, entry);
+  }
+  entry.item.className = `objective ${objective.status}${objective.question ? " question" : ""}`;
+  entry.title.textContent = objective.title;
+  entry.reason.textContent = objective.reason;
+  if (entry.question) entry.question.update(objective);
+  return entry.item;
+}
+
+function renderObjectives() {
+  const items = [...objectives.values()].map(objectiveItem);
+  for (const key of objectiveItems.keys()) if (!objectives.has(key)) objectiveItems.delete(key);
+  const shown = list("objectives");
+  // Re-inserting would take the focus from a question being typed into: only when the set changes.
+  const same = shown.children.length === items.length && items.every((item, i) => shown.children[i] === item);
+  if (!same) shown.replaceChildren(...items);
 }
 
 function renderMetrics(metrics) {
@@ -262,6 +284,7 @@ button("launch").addEventListener("click", () =>
       panel.dataset.labId = lab.id;
       nodes.clear();
       objectives.clear();
+      objectiveItems.clear(); // a new lab: fresh question forms
       dispatch("reset");
     }
     renderLab(lab);

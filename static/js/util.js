@@ -7,6 +7,12 @@ export function el(tag, className, text) {
   return node;
 }
 
+// Text with `code` spans, built as DOM (never as HTML): hints, question explanations.
+export function withCode(text) {
+  const parts = String(text).split("`");
+  return parts.map((part, i) => (i % 2 ? el("code", "", part) : document.createTextNode(part)));
+}
+
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 export function svg(tag, attributes = {}, text) {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from django.test import Client
 
 from sandbox.models import Lab
+
+pytestmark = pytest.mark.usefixtures("course_content")
 
 
 def logged_in(user) -> Client:  # noqa: ANN001

@@ -18,6 +18,7 @@ import pytest
 from sandbox.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; never a browser Playwright downloads
 
 
 def free_port() -> int:
@@ -76,3 +77,30 @@ def stacklab(tmp_path_factory: pytest.TempPathFactory, engine) -> Iterator[str]:
         for lab in leftovers.lab_ids():
             leftovers.remove_lab(lab)
         subprocess.run(["rm", "-rf", str(run_dir)], check=False)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Debian's headless Chromium, driven by Playwright, shared by the browser tests."""
+    from tests.conftest import unavailable
+
+    if not CHROMIUM.exists():
+        unavailable("Chromium (/usr/bin/chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("Playwright for Python")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield chromium
+        chromium.close()

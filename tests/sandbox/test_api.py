@@ -33,7 +33,12 @@ def test_owner_sees_the_lab_snapshot(learner, ready_lab: Lab) -> None:  # noqa: 
     body = response.json()
     assert body["type"] == "snapshot"
     assert body["lab"]["state"] == "ready"
-    assert [o["key"] for o in body["objectives"]] == ["traffic-flows", "survives-replica-loss"]
+    assert [o["key"] for o in body["objectives"]] == [
+        "traffic-flows",
+        "survives-replica-loss",
+        "health-checked",
+        "why-it-failed",
+    ]
 
 
 def test_another_learner_gets_not_found_everywhere(

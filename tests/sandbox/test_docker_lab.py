@@ -19,10 +19,11 @@ from django.db import connection
 from django.utils import timezone
 
 from sandbox import lifecycle
+from sandbox.checks import run_check
 from sandbox.engine import LABEL_LAB, Engine, NodeRun
 from sandbox.models import Lab, Node, ObjectiveResult
 from sandbox.monitor import Monitor
-from sandbox.specs import load_lab
+from sandbox.specs import CommandCheck, HttpCheck, load_lab
 from stacklab.asgi import application
 from tests.sandbox.test_consumers import headers_for
 
@@ -145,6 +146,24 @@ async def test_learner_breaks_and_fixes_the_first_lab(engine: Engine, monitor: M
         assert metrics["error_rate"] == 0
         await receive_until(communicator, objective_is("traffic-flows", "met"), 30, "traffic-flows met")
 
+        # Checks run in the nodes: an HTTP request from the traffic node through the balancer,
+        # one that gets a 404, and a command that outlives its timeout.
+        package = load_lab(lab.lab_slug)
+        through_lb = HttpCheck(kind="http", node="traffic", url="http://lb:8080/", headers={"X-Replica": "^app-[123]$"})
+        outcome = await in_thread(run_check, engine, lab.short_id, through_lb, package)
+        assert outcome.passed, outcome.reason
+        missing = HttpCheck(kind="http", node="traffic", url="http://lb:8080/data/nothing-here", body="never")
+        outcome = await in_thread(run_check, engine, lab.short_id, missing, package)
+        assert not outcome.passed
+        assert outcome.reason.startswith(
+            "GET http://lb:8080/data/nothing-here from traffic: answered 404 (expected 200)"
+        )
+        slow = CommandCheck(kind="command", node="lb", command=["sleep", "30"], timeout=1)
+        waited = time.monotonic()
+        outcome = await in_thread(run_check, engine, lab.short_id, slow, package)
+        assert not outcome.passed and outcome.reason == "the check in lb gave no answer within 3 s"
+        assert time.monotonic() - waited < 5
+
         # A replica dies: the page hears about it within a second, then sees errors.
         killed = time.monotonic()
         subprocess.run(["docker", "kill", f"stacklab-{lab.short_id}-app-2"], check=True, capture_output=True)
@@ -161,9 +180,12 @@ async def test_learner_breaks_and_fixes_the_first_lab(engine: Engine, monitor: M
         )
         assert "while app-2 is down" in failing["reason"]
 
-        # The documented fix, applied inside the load balancer: health checks on.
+        # The documented fix, applied inside the load balancer: health checks on. HAProxy's own
+        # view (the command check) turns green within a few seconds.
         result = await in_thread(lifecycle.run_solution, lab)
         assert result.exit_code == 0, result.output
+        checked = await receive_until(communicator, objective_is("health-checked", "met"), 15, "health-checked met")
+        assert checked["reason"] == "health-checked.sh in lb: exit 0"
         met = await receive_until(
             communicator, objective_is("survives-replica-loss", "met"), 90, "survives-replica-loss met"
         )

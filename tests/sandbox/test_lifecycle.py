@@ -78,6 +78,8 @@ def test_provision_brings_every_node_up_then_ready(learner, fake_engine: FakeEng
     assert set(ObjectiveResult.objects.filter(lab=lab).values_list("key", flat=True)) == {
         "traffic-flows",
         "survives-replica-loss",
+        "health-checked",
+        "why-it-failed",
     }
     assert [step["message"] for step in lab.steps][-1] == "All nodes healthy"
 

@@ -4,6 +4,9 @@ changes are stored as progress and published; node events move node rows."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from unittest import mock
 
@@ -11,11 +14,12 @@ import pytest
 from django.utils import timezone
 
 from sandbox import lifecycle
+from sandbox.checks import Outcome
 from sandbox.engine import NodeEvent
 from sandbox.models import Lab, Node, ObjectiveResult
 from sandbox.monitor import LabWatch, Monitor
 from sandbox.payloads import snapshot_payload
-from sandbox.specs import load_lab
+from sandbox.specs import ObjectiveSpec, load_lab
 
 
 @pytest.fixture
@@ -25,8 +29,20 @@ def watched(learner, fake_engine):  # noqa: ANN001, ANN201
     lab.refresh_from_db()
     Node.objects.filter(lab=lab).update(state=Node.State.HEALTHY)
     states = dict(Node.objects.filter(lab=lab).values_list("name", "state"))
-    watch = LabWatch(lab_id=str(lab.id), short_id=lab.short_id, spec=load_lab(lab.lab_slug).spec, node_states=states)
+    watch = LabWatch(lab_id=str(lab.id), short_id=lab.short_id, package=load_lab(lab.lab_slug), node_states=states)
     return lab, watch
+
+
+@contextmanager
+def publishing() -> Iterator[mock.Mock]:
+    """Catch every message the monitor sends to pages (node, metrics, objective, timeline)."""
+    sent = mock.Mock()
+    with (
+        mock.patch("sandbox.monitor.publish", sent),
+        mock.patch("sandbox.results.publish", sent),
+        mock.patch("sandbox.timeline.publish", sent),
+    ):
+        yield sent
 
 
 def report(t: float, errors: int = 0) -> str:
@@ -48,7 +64,7 @@ def report(t: float, errors: int = 0) -> str:
 def test_clean_traffic_meets_the_flow_objective_and_records_progress(watched) -> None:  # noqa: ANN001
     lab, watch = watched
     monitor = Monitor(engine_factory=lambda: None)
-    with mock.patch("sandbox.monitor.publish") as publish:
+    with publishing() as publish:
         for second in range(10):
             monitor.handle_report(watch, report(1000.0 + second))
     result = ObjectiveResult.objects.get(lab=lab, key="traffic-flows")
@@ -64,7 +80,7 @@ def test_clean_traffic_meets_the_flow_objective_and_records_progress(watched) ->
 def test_recent_figures_come_back_in_the_snapshot_for_a_reloaded_page(watched) -> None:  # noqa: ANN001
     lab, watch = watched
     monitor = Monitor(engine_factory=lambda: None)
-    with mock.patch("sandbox.monitor.publish"):
+    with publishing():
         for second in range(400):
             monitor.handle_report(watch, report(1000.0 + second))
     history = snapshot_payload(lab)["metrics"]
@@ -76,7 +92,7 @@ def test_recent_figures_come_back_in_the_snapshot_for_a_reloaded_page(watched) -
 def test_first_met_at_survives_a_later_failure(watched) -> None:  # noqa: ANN001
     lab, watch = watched
     monitor = Monitor(engine_factory=lambda: None)
-    with mock.patch("sandbox.monitor.publish"):
+    with publishing():
         for second in range(10):
             monitor.handle_report(watch, report(1000.0 + second))
         first_met = ObjectiveResult.objects.get(lab=lab, key="traffic-flows").first_met_at
@@ -90,13 +106,13 @@ def test_node_event_moves_the_row_and_counts_as_down_for_objectives(watched) -> 
     lab, watch = watched
     monitor = Monitor(engine_factory=lambda: None)
     monitor.watches[str(lab.id)] = watch
-    with mock.patch("sandbox.monitor.publish") as publish:
+    with publishing() as publish:
         monitor.handle_event(NodeEvent(lab=lab.short_id, name="app-2", action="die", time=0.0))
         monitor.handle_event(NodeEvent(lab=lab.short_id, name="app-2", action="die", time=0.0))  # no change
         monitor.handle_event(NodeEvent(lab=lab.short_id, name="app-2", action="exec_start: sh", time=0.0))
     assert Node.objects.get(lab=lab, name="app-2").state == Node.State.DOWN
-    assert publish.call_count == 1
-    assert publish.call_args.args[1]["state"] == "down"
+    assert [call.args[1]["type"] for call in publish.call_args_list] == ["node", "event"]
+    assert publish.call_args_list[0].args[1]["state"] == "down"
     assert watch.not_serving() == frozenset({"app-2"})
 
 
@@ -115,14 +131,14 @@ def test_unpaused_node_takes_its_state_from_the_engine(watched, fake_engine) -> 
     lab, watch = watched
     Node.objects.filter(lab=lab, name="app-1").update(state=Node.State.PAUSED)
     monitor = Monitor(engine_factory=lambda: fake_engine)
-    with mock.patch("sandbox.monitor.publish"):
+    with publishing():
         monitor.handle_event(NodeEvent(lab=lab.short_id, name="app-1", action="unpause", time=0.0), fake_engine)
     assert Node.objects.get(lab=lab, name="app-1").state == Node.State.HEALTHY
 
 
 def test_unreadable_report_is_ignored(watched) -> None:  # noqa: ANN001
     lab, watch = watched
-    with mock.patch("sandbox.monitor.publish") as publish:
+    with publishing() as publish:
         Monitor(engine_factory=lambda: None).handle_report(watch, "{not json")
     assert publish.call_count == 0
     assert not watch.samples
@@ -137,3 +153,64 @@ def test_watcher_follows_only_ready_labs(watched) -> None:  # noqa: ANN001
         Lab.objects.filter(pk=lab.pk).update(state=Lab.State.STOPPED, expires_at=timezone.now() - timedelta(1))
         monitor.sync_watches()
     assert monitor.watches == {}
+
+
+def with_check(objective: ObjectiveSpec, **changes: object) -> ObjectiveSpec:
+    """A copy of the objective with its check changed (specs are frozen, and cached)."""
+    return objective.model_copy(update={"check": objective.check.model_copy(update=changes)})
+
+
+def test_a_command_check_is_met_after_its_passes_and_fails_at_once(watched) -> None:  # noqa: ANN001
+    lab, watch = watched
+    objective = with_check(watch.spec.objective("health-checked"), passes=2)
+    monitor = Monitor(engine_factory=lambda: None)
+    with publishing() as publish:
+        monitor.handle_check(watch, objective, Outcome(True, "3 of 3 checked"))
+        assert ObjectiveResult.objects.get(lab=lab, key="health-checked").status == "pending"
+        monitor.handle_check(watch, objective, Outcome(True, "3 of 3 checked"))
+        assert ObjectiveResult.objects.get(lab=lab, key="health-checked").status == "met"
+        monitor.handle_check(watch, objective, Outcome(True, "3 of 3 checked"))  # no change: nothing sent
+        monitor.handle_check(watch, objective, Outcome(False, "exited 1 (expected 0) no health check on: app-2"))
+    result = ObjectiveResult.objects.get(lab=lab, key="health-checked")
+    assert (result.status, result.reason) == ("failing", "exited 1 (expected 0) no health check on: app-2")
+    assert result.first_met_at is not None
+    sent = [(m["status"], m["reason"]) for m in (c.args[1] for c in publish.call_args_list) if m["type"] == "objective"]
+    assert sent == [
+        ("pending", "3 of 3 checked (passed 1 of 2 runs)"),
+        ("met", "3 of 3 checked"),
+        ("failing", "exited 1 (expected 0) no health check on: app-2"),
+    ]
+
+
+def test_checks_run_in_their_node_on_the_engine(watched, fake_engine) -> None:  # noqa: ANN001
+    lab, watch = watched
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    due: dict[str, float] = {}
+    with publishing():
+        next_run = monitor.run_due_checks(watch, fake_engine, due)
+        assert monitor.run_due_checks(watch, fake_engine, due) == next_run  # not due again yet
+    assert len(fake_engine.execs) == 1
+    node, command = fake_engine.execs[0]
+    assert node == "lb"
+    assert command[:2] == ["sh", "-c"] and "show stat" in command[2]
+    assert next_run == pytest.approx(time.monotonic() + 2, abs=0.5)  # its interval
+    # The fake engine answers "ok", which is not "3 of 3 app servers health-checked".
+    result = ObjectiveResult.objects.get(lab=lab, key="health-checked")
+    assert result.status == "failing"
+    assert "output does not contain /3 of 3 app servers health-checked/" in result.reason
+
+
+def test_a_check_with_fails_rides_out_one_bad_run(watched) -> None:  # noqa: ANN001
+    lab, watch = watched
+    objective = with_check(watch.spec.objective("health-checked"), fails=2)
+    monitor = Monitor(engine_factory=lambda: None)
+    with publishing():
+        monitor.handle_check(watch, objective, Outcome(True, "3 of 3 checked"))
+        monitor.handle_check(watch, objective, Outcome(False, "exited 1"))
+        result = ObjectiveResult.objects.get(lab=lab, key="health-checked")
+        assert result.status == "met"  # one bad run: still met, and the page says what it saw
+        assert watch.verdicts["health-checked"] == ("met", "exited 1 (failed 1 of 2 runs)")
+        monitor.handle_check(watch, objective, Outcome(True, "3 of 3 checked"))
+        monitor.handle_check(watch, objective, Outcome(False, "exited 1"))
+        monitor.handle_check(watch, objective, Outcome(False, "exited 1"))
+    assert ObjectiveResult.objects.get(lab=lab, key="health-checked").status == "failing"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sandbox.specs import LabNotFound, LabSpecError, load_lab, parse_lab
+from sandbox.specs import LabNotFound, LabSpecError, QuestionCheck, load_lab, parse_lab
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 
@@ -213,3 +213,209 @@ def test_a_depends_on_cycle_is_caught_before_anything_starts(lab_copy: Path) -> 
         LabSpecError, match=r"nodes\.0\.depends_on: depends_on has a cycle: db, app, lb, traffic can never start"
     ):
         parse_lab(lab_copy)
+
+
+# -- check kinds beyond metric ----------------------------------------------------------------
+
+
+def add_objective(path: Path, text: str) -> int:
+    """Append an objective (YAML text of one list item) to the spec; the line where it starts."""
+    return edit(path, "\nhints:\n", "\n" + text + "\nhints:\n") + 1
+
+
+def test_http_command_and_question_checks_load(lab_copy: Path) -> None:
+    (lab_copy.parent / "check-config.sh").write_text("haproxy -c -f /etc/haproxy/haproxy.cfg\n")
+    add_objective(
+        lab_copy,
+        """  - key: served
+    title: The balancer answers
+    check: {kind: http, node: traffic, url: "http://lb:8080/", headers: {X-Replica: "^app-"}}
+  - key: config-valid
+    title: The config is valid
+    check: {kind: command, node: lb, script: check-config.sh, output: "valid"}
+  - key: why
+    title: Why did requests fail?
+    check:
+      kind: question
+      prompt: Where did the failed requests go?
+      choices: [To app-2, To the cache]
+      answer: To app-2
+""",
+    )
+    spec = parse_lab(lab_copy).spec
+    kinds = {objective.key: objective.check.kind for objective in spec.objectives}
+    assert kinds == {
+        "traffic-flows": "metric",
+        "survives-replica-loss": "metric",
+        "health-checked": "command",
+        "why-it-failed": "question",
+        "served": "http",
+        "config-valid": "command",
+        "why": "question",
+    }
+    http = spec.objective("served").check
+    assert (http.method, http.status, http.passes) == ("GET", 200, 1)
+    assert spec.objective("why").is_question and not spec.objective("why").is_probe
+
+
+def test_http_check_from_an_unknown_node_names_its_line(lab_copy: Path) -> None:
+    line = add_objective(
+        lab_copy,
+        """  - key: served
+    title: The balancer answers
+    check:
+      kind: http
+      node: app-9
+      url: http://lb:8080/
+""",
+    )
+    assert f"{lab_copy}:{line + 4}: objectives.4.check.node: no node named 'app-9'" in problems(lab_copy)
+
+
+def test_http_check_needs_an_http_url(lab_copy: Path) -> None:
+    line = add_objective(
+        lab_copy,
+        """  - key: served
+    title: The balancer answers
+    check:
+      kind: http
+      node: traffic
+      url: lb:8080
+""",
+    )
+    assert problems(lab_copy)[1].startswith(f"{lab_copy}:{line + 5}: objectives.4.check.http.url: String should match")
+
+
+def test_a_bad_regular_expression_is_named(lab_copy: Path) -> None:
+    line = add_objective(
+        lab_copy,
+        """  - key: served
+    title: The balancer answers
+    check:
+      kind: http
+      node: traffic
+      url: http://lb:8080/
+      body: "replica (app"
+""",
+    )
+    assert problems(lab_copy)[1].startswith(
+        f"{lab_copy}:{line + 6}: objectives.4.check.http.body: not a valid regular expression (missing )"
+    )
+
+
+def test_command_check_takes_a_command_or_a_script_not_both(lab_copy: Path) -> None:
+    line = add_objective(
+        lab_copy,
+        """  - key: config-valid
+    title: The config is valid
+    check:
+      kind: command
+      node: lb
+      command: [haproxy, -c, -f, /etc/haproxy/haproxy.cfg]
+      script: solve.sh
+      exit_code: 0
+""",
+    )
+    assert f"{lab_copy}:{line + 5}: objectives.4.check.command: give either command or script" in problems(lab_copy)
+
+
+def test_command_check_script_must_exist(lab_copy: Path) -> None:
+    line = add_objective(
+        lab_copy,
+        """  - key: config-valid
+    title: The config is valid
+    check: {kind: command, node: lb, script: nowhere.sh}
+""",
+    )
+    assert f"{lab_copy}:{line + 2}: objectives.4.check.script: no file 'nowhere.sh'" in problems(lab_copy)
+
+
+def test_question_answer_must_be_one_of_its_choices(lab_copy: Path) -> None:
+    line = add_objective(
+        lab_copy,
+        """  - key: why
+    title: Why?
+    check:
+      kind: question
+      prompt: Where did the failed requests go?
+      choices: [To app-2, To the cache]
+      answer: To app-3
+""",
+    )
+    assert f"{lab_copy}:{line + 2}: objectives.4.check.question: answer must be one of the choices" in problems(
+        lab_copy
+    )
+
+
+def test_question_cannot_be_met_at_start(lab_copy: Path) -> None:
+    line = add_objective(
+        lab_copy,
+        """  - key: why
+    title: Why?
+    at_start: met
+    check: {kind: question, prompt: "Which keyword turns on health checks?", answer: check}
+""",
+    )
+    assert f"{lab_copy}:{line}: objectives.4: at_start: a question is unanswered at the start (unmet)" in problems(
+        lab_copy
+    )
+
+
+def test_free_text_answers_are_compared_loosely_and_by_pattern() -> None:
+    check = QuestionCheck(
+        kind="question",
+        prompt="Which keyword?",
+        answer="option httpchk",
+        accept=[r"(option\s+)?httpchk( GET /healthz)?"],
+    )
+    assert check.is_right("  Option   HTTPCHK ")
+    assert check.is_right("httpchk GET /healthz")
+    assert not check.is_right("check")
+    assert not check.is_right("httpchk; rm -rf /")
+
+
+# -- images, files and setup scripts ------------------------------------------------------------
+
+
+def test_a_node_names_an_image_or_a_build_context_not_both(lab_copy: Path) -> None:
+    line = edit(lab_copy, "    build: ../images/cache\n", "    build: ../images/cache\n    image: redis:7\n")
+    assert f"{lab_copy}:{line - 2}: nodes.1: give either build or image" in problems(lab_copy)
+
+
+def test_a_node_may_run_a_named_image_with_files_copied_in(lab_copy: Path) -> None:
+    (lab_copy.parent / "redis.conf").write_text("maxmemory 32mb\n")
+    edit(
+        lab_copy,
+        "    build: ../images/cache\n",
+        "    image: debian:bookworm-slim\n"
+        "    files:\n      - {path: /etc/redis/redis.conf, source: redis.conf, mode: '0600'}\n",
+    )
+    node = parse_lab(lab_copy).spec.node("cache")
+    assert (node.image, node.build) == ("debian:bookworm-slim", None)
+    assert [(f.path, f.source, f.mode_bits) for f in node.files] == [("/etc/redis/redis.conf", "redis.conf", 0o600)]
+
+
+@pytest.mark.parametrize(
+    ("file", "message"),
+    [
+        ("{path: /etc/x.conf, source: nowhere.conf}", "nodes.1.files.0.source: no file 'nowhere.conf'"),
+        ("{path: /etc/x.conf, source: ../../etc/passwd}", "files.0.source: '../../etc/passwd' must stay inside"),
+        ("{path: etc/x.conf, source: solve.sh}", "nodes.1.files.0.path: 'etc/x.conf' must be an absolute"),
+        ("{path: /proc/x, source: solve.sh}", "nodes.1.files.0.path: '/proc/x' would hide /proc"),
+        ("{path: /etc/x.conf, source: solve.sh, mode: '999'}", "nodes.1.files.0.mode: String should match pattern"),
+    ],
+)
+def test_a_bad_file_is_named(lab_copy: Path, file: str, message: str) -> None:
+    edit(lab_copy, "    build: ../images/cache\n", f"    build: ../images/cache\n    files: [{file}]\n")
+    assert any(message in line for line in problems(lab_copy)), problems(lab_copy)
+
+
+def test_setup_scripts_must_exist_and_run_in_a_known_node(lab_copy: Path) -> None:
+    (lab_copy.parent / "seed.sh").write_text("psql -c 'select 1'\n")
+    text = lab_copy.read_text() + "\nsetup:\n  - {node: db, script: seed.sh, user: postgres}\n"
+    lab_copy.write_text(text)
+    assert parse_lab(lab_copy).spec.setup[0].script == "seed.sh"
+    lab_copy.write_text(text.replace("{node: db, script: seed.sh", "{node: app, script: missing.sh"))
+    lines = problems(lab_copy)
+    assert lines[1].endswith("setup.0.node: no node named 'app'")
+    assert lines[2].endswith("setup.0.script: no file 'missing.sh'")

@@ -22,12 +22,18 @@ class Command(BaseCommand):
         try:
             engine = connect_engine()
             contexts = {}
+            named: set[str] = set()
             for slug in options["slugs"] or list_labs():
                 package = load_lab(slug)
                 for node in package.spec.nodes:
-                    contexts[package.build_context(node)] = slug
+                    if node.image is not None:
+                        named.add(node.image)
+                    else:
+                        contexts[package.build_context(node)] = slug
                 if package.spec.has_network_faults:
                     contexts[package.tools_context] = slug
+            for name in sorted(named):
+                self.stdout.write(f"{engine.ensure_pulled(name)}  (named in a spec)")
             for context in sorted(contexts):
                 started = time.monotonic()
                 tag = engine.ensure_image(context)

@@ -3,6 +3,7 @@ instructor's tools for lab packages."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -36,7 +37,15 @@ class Command(BaseCommand):
         else:
             if options["all"] == bool(options["slugs"]):
                 raise CommandError("name the labs to test, or pass --all")
-            self.test(list_labs() if options["all"] else options["slugs"])
+            # The runtime's INFO lines (every step of provisioning) would bury the report; -v 2 shows them.
+            runtime = logging.getLogger("sandbox")
+            level = runtime.level
+            if options["verbosity"] < 2:
+                runtime.setLevel(logging.WARNING)
+            try:
+                self.test(list_labs() if options["all"] else options["slugs"])
+            finally:
+                runtime.setLevel(level)
 
     def validate(self, slugs: list[str]) -> None:
         failed = 0
