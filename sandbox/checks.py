@@ -31,10 +31,13 @@ def _quote(text: str, limit: int = 120) -> str:
 
 
 def curl_command(check: HttpCheck) -> list[str]:
-    """curl, printing the response's status line and headers (-i) before the body."""
-    command = ["curl", "-sS", "-i", "--max-time", f"{check.timeout:g}", "-X", check.method]
+    """curl, printing the response's status line and headers (-i) before the body. HEAD is -I:
+    with -X HEAD curl would wait for a body that never comes. --data-raw, so a body starting
+    with @ is sent as written, never read from a file in the node."""
+    command = ["curl", "-sS", "--max-time", f"{check.timeout:g}"]
+    command += ["-I"] if check.method == "HEAD" else ["-i", "-X", check.method]
     if check.data is not None:
-        command += ["--data-binary", check.data]
+        command += ["--data-raw", check.data]
     return [*command, "--", check.url]
 
 
@@ -85,17 +88,28 @@ def judge_http(check: HttpCheck, result: ExecResult) -> Outcome:
     return Outcome(True, f"{request}: {status}{shown}")
 
 
+# Exit status of coreutils' (and busybox's) `timeout` when it had to stop the command.
+TIMED_OUT_EXIT = 124
+
+
 def command_for(check: CommandCheck, package: LabPackage) -> list[str]:
+    """The check's command, under `timeout`: the engine cannot kill an exec, so a command that
+    hangs (a psql to a peer behind a firewall fault) is stopped in the node itself, and KILLed a
+    second later if it ignores the TERM."""
     if check.script is not None:
-        return ["sh", "-c", package.read_script(check.script)]
-    assert check.command is not None  # one of the two, by the spec's validator
-    return check.command
+        command = ["sh", "-c", package.read_script(check.script)]
+    else:
+        assert check.command is not None  # one of the two, by the spec's validator
+        command = check.command
+    return ["timeout", "-k", "1", f"{check.timeout:g}", *command]
 
 
 def judge_command(check: CommandCheck, result: ExecResult) -> Outcome:
     """Did the command exit as expected, with the output the check wants?"""
     what = f"{check.script or ' '.join(check.command or [])} in {check.node}"
     output = result.output[:MAX_OUTPUT]
+    if result.exit_code == TIMED_OUT_EXIT and check.exit_code != TIMED_OUT_EXIT:
+        return Outcome(False, f"{_quote(what, 80)}: still running after {check.timeout:g} s (stopped)")
     if result.exit_code in NOT_FOUND_EXIT and check.exit_code not in NOT_FOUND_EXIT:
         return Outcome(False, f"{_quote(what, 80)}: could not run ({_quote(output)})")
     if result.exit_code != check.exit_code:

@@ -1,9 +1,10 @@
-"""The lab WebSocket: a page (or a tool) watching one lab live.
+"""The lab WebSocket: a page (or a tool) watching one lab live; and `LiveConsumer`, the shape of
+every such socket (the course's dashboard is one too).
 
-On connect it sends a `snapshot` (everything so far, so a reconnecting page catches up), then
-every `lab`, `step`, `node`, `metrics` and `objective` message the workers and the monitor
-publish. Clients may send `{"type": "ping"}`; anything else malformed gets an `error` frame and
-the socket stays open.
+On connect the lab socket sends a `snapshot` (everything so far, so a reconnecting page catches
+up), then every `lab`, `step`, `node`, `metrics` and `objective` message the workers and the
+monitor publish. Clients may send `ping`, `snapshot` and `active`; anything else malformed gets
+an `error` frame and the socket stays open.
 """
 
 from __future__ import annotations
@@ -26,8 +27,29 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 
 
-class LabConsumer(AsyncWebsocketConsumer):
-    lab_id: str
+class LiveConsumer(AsyncWebsocketConsumer):
+    """A page following one thing live over its group: access is checked on connect (4401 for
+    anonymous, 4404 for anything the user may not see, never saying whether it exists), then a
+    `snapshot`, then every message sent to the group. Clients may send `ping` and `snapshot`;
+    subclasses may take more message types. Anything malformed gets an `error` frame and the
+    socket stays open.
+
+    Subclasses say what they follow: `follow(user, key)` (sync, in a database thread) returns the
+    group's name or raises Http404, and `snapshot()` (sync) the page's starting state.
+    """
+
+    url_key: str  # the URL route's keyword that names what is followed
+    group: str
+
+    def follow(self, user: Any, key: str) -> str:
+        raise NotImplementedError
+
+    def snapshot(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def on_message(self, message: dict[str, Any]) -> bool:
+        """A client message beyond ping and snapshot: True if handled."""
+        return False
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -35,50 +57,64 @@ class LabConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         try:
-            lab = await database_sync_to_async(get_lab_for_user)(user, self.scope["url_route"]["kwargs"]["lab_id"])
+            key = self.scope["url_route"]["kwargs"][self.url_key]
+            self.group = await database_sync_to_async(self.follow)(user, key)
         except Http404:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        self.lab_id = str(lab.id)
-        await self.channel_layer.group_add(lab_group(self.lab_id), self.channel_name)
+        await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self._send(await self._snapshot())
+        await self._send(await database_sync_to_async(self.snapshot)())
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "lab_id"):
-            await self.channel_layer.group_discard(lab_group(self.lab_id), self.channel_name)
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
             message = parse_message(text_data)
         except BadMessage as error:
-            await self._error(str(error))
+            await self._send({"type": "error", "message": str(error)})
             return
         if message["type"] == "ping":
             await self._send({"type": "pong"})
         elif message["type"] == "snapshot":
-            await self._send(await self._snapshot())
-        elif message["type"] == "active":
-            # The page saw the learner at work; only the owner's activity keeps a lab alive.
-            if await self._is_owner():
-                await database_sync_to_async(lifecycle.mark_active)(self.lab_id)
-        else:
-            await self._error(f"Unknown message type {message['type']!r}.")
+            await self._send(await database_sync_to_async(self.snapshot)())
+        elif not await self.on_message(message):
+            await self._send({"type": "error", "message": f"Unknown message type {message['type']!r}."})
 
-    async def lab_message(self, event: dict[str, Any]) -> None:
-        """A message published to the lab's group (see sandbox.live.publish)."""
+    async def relay(self, event: dict[str, Any]) -> None:
+        """A message sent to the group: passed on as it is."""
         await self._send(event["message"])
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(message))
+
+
+class LabConsumer(LiveConsumer):
+    """One lab, for its owner and those allowed to watch it (sandbox.access)."""
+
+    url_key = "lab_id"
+    lab_id: str
+
+    def follow(self, user: Any, key: str) -> str:
+        self.lab_id = str(get_lab_for_user(user, key).id)
+        return lab_group(self.lab_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot_payload(Lab.objects.get(pk=self.lab_id))
+
+    async def on_message(self, message: dict[str, Any]) -> bool:
+        if message["type"] != "active":
+            return False
+        # The page saw the learner at work; only the owner's activity keeps a lab alive.
+        if await self._is_owner():
+            await database_sync_to_async(lifecycle.mark_active)(self.lab_id)
+        return True
+
+    # Messages published to the lab's group (sandbox.live.publish) have the type `lab.message`.
+    lab_message = LiveConsumer.relay
 
     @database_sync_to_async
     def _is_owner(self) -> bool:
         return Lab.objects.filter(pk=self.lab_id, owner_id=self.scope["user"].pk).exists()
-
-    @database_sync_to_async
-    def _snapshot(self) -> dict[str, Any]:
-        return snapshot_payload(Lab.objects.get(pk=self.lab_id))
-
-    async def _error(self, text: str) -> None:
-        await self._send({"type": "error", "message": text})
-
-    async def _send(self, message: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(message))

@@ -48,11 +48,9 @@ HANGUP = (
 )
 
 
-# (image, user) -> (uid, gid). Image tags are content digests, so an answer never goes stale.
+# (image, user) -> (uid, gid). Built images are tagged by content digest and named ones are run
+# by id (`ensure_pulled`), so an answer never goes stale.
 _runtime_ids: dict[tuple[str, str | None], tuple[int, int]] = {}
-# Execs waited on with a timeout run here; one that hangs holds a worker until the engine's own
-# 60 s read timeout ends it, so a few workers are enough for the monitor's checks.
-_EXEC_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="exec")
 
 
 class EngineError(Exception):
@@ -220,21 +218,22 @@ class Engine:
         return tag
 
     def ensure_pulled(self, name: str) -> str:
-        """An image named in a spec (not built): used if the engine has it, else pulled."""
+        """An image named in a spec (not built): used if the engine has it, else pulled. Returns
+        its id, so that every node of a lab (and the cached user lookups) run the same image even
+        if the name is pulled anew meanwhile."""
         try:
-            self.client.images.get(name)
-            return name
+            return self.client.images.get(name).id
         except docker.errors.ImageNotFound:
             pass
         except docker.errors.DockerException as exc:
             raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
         started = time.monotonic()
         try:
-            self.client.images.pull(name)
+            image = self.client.images.pull(name)
         except docker.errors.DockerException as exc:
             raise EngineError(f"Image {name} is not on this engine and could not be pulled: {exc}") from exc
         logger.info("pulled image %s in %.1fs", name, time.monotonic() - started)
-        return name
+        return image.id
 
     # -- networks ---------------------------------------------------------------------------
 
@@ -453,8 +452,10 @@ class Engine:
         self, lab: str, node: str, command: list[str], user: str | None = None, timeout: float | None = None
     ) -> ExecResult:
         """Run `command` in a node and wait for it. With `timeout`, stop waiting after that many
-        seconds and raise ExecTimedOut; the process is left to end on its own (the engine has no
-        call to kill one exec), so commands that may hang should bound themselves."""
+        seconds and raise ExecTimedOut. The engine has no call to kill one exec, and the SDK waits
+        on its socket without a deadline: the wait runs in a daemon thread of its own, which ends
+        when the process does, so callers bound their commands themselves (`timeout`, curl's
+        --max-time) and a hung one never blocks another caller or the process's exit."""
         container = self._container(lab, node)
 
         def run() -> ExecResult:
@@ -466,7 +467,15 @@ class Engine:
 
         if timeout is None:
             return run()
-        waiter = _EXEC_POOL.submit(run)
+        waiter: concurrent.futures.Future[ExecResult] = concurrent.futures.Future()
+
+        def wait() -> None:
+            try:
+                waiter.set_result(run())
+            except BaseException as exc:  # handed to the caller, whatever it is
+                waiter.set_exception(exc)
+
+        threading.Thread(target=wait, name=f"exec-{node}", daemon=True).start()
         try:
             return waiter.result(timeout=timeout)
         except concurrent.futures.TimeoutError:

@@ -23,13 +23,34 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from . import timeline
-from .engine import Engine, EngineError, EngineUnavailable, ExecResult, Health, Network, NodeFile, NodeRun
+from .engine import (
+    Engine,
+    EngineError,
+    EngineUnavailable,
+    ExecResult,
+    ExecTimedOut,
+    Health,
+    Network,
+    NodeFile,
+    NodeRun,
+)
 from .live import publish
 from .models import Lab, LabEvent, Node, ObjectiveResult
 from .nodestates import state_from_status
 from .payloads import idle_deadline, lab_idle_minutes, lab_payload, node_payload, objective_payload
 from .results import record_result
-from .specs import LabNotFound, LabPackage, LabSpec, LabSpecError, NodeSpec, ObjectiveSpec, QuestionCheck, load_lab
+from .signals import announce, lab_state_changed
+from .specs import (
+    MAX_ANSWER_LENGTH,
+    LabNotFound,
+    LabPackage,
+    LabSpec,
+    LabSpecError,
+    NodeSpec,
+    ObjectiveSpec,
+    QuestionCheck,
+    load_lab,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +105,7 @@ def _move(lab_id: Any, expected: Iterable[str], new: str, **fields: Any) -> bool
         publish(str(lab.id), lab_payload(lab))
         reason = fields.get("reason")
         timeline.record(lab.pk, LabEvent.Kind.LAB, f"Lab {new}" + (f": {reason}" if reason else ""))
+        announce(lab_state_changed, lab_id=str(lab.id), owner_id=lab.owner_id, lesson_slug=lab.lesson_slug, state=new)
     return bool(changed)
 
 
@@ -183,9 +205,6 @@ def next_hint(lab: Lab) -> tuple[int, int, str]:
     return lab.hints_shown, len(hints), hints[lab.hints_shown - 1]
 
 
-MAX_ANSWER_LENGTH = 500
-
-
 class NoSuchQuestion(LabError):
     """The lab has no question objective with that key."""
 
@@ -218,7 +237,7 @@ def answer_question(lab: Lab, key: str, answer: str) -> dict[str, Any]:
             status, reason = ObjectiveResult.Status.MET, f"Answered: {answer}"
         else:
             status, reason = ObjectiveResult.Status.FAILING, f"Not quite ({answer!r}): try again"
-        record_result(lab.pk, objective, status, reason, status_changed=status != result.status)
+        record_result(lab.pk, objective, status, reason, status_changed=status != result.status, unless_met=True)
         result.refresh_from_db()
     return objective_payload(result, objective)
 
@@ -287,7 +306,10 @@ def _run_setup(engine: Engine, lab: Lab, package: LabPackage, deadline: float) -
         _step(lab, f"Setting up: {step.script} in {step.node}")
         seconds = max(1.0, deadline - time.monotonic())
         script = package.read_script(step.script)
-        result = engine.exec(lab.short_id, step.node, ["sh", "-c", script], user=step.user, timeout=seconds)
+        try:
+            result = engine.exec(lab.short_id, step.node, ["sh", "-c", script], user=step.user, timeout=seconds)
+        except ExecTimedOut as exc:
+            raise EngineError(f"Setup {step.script} in {step.node} did not finish in time") from exc
         if result.exit_code != 0:
             tail = result.output.strip()[-300:]
             raise EngineError(f"Setup {step.script} in {step.node} exited {result.exit_code}: {tail}")

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import close_old_connections, connection
@@ -58,6 +59,7 @@ class LabWatch:
     short_id: str
     package: LabPackage
     node_states: dict[str, str]
+    ready_at: datetime | None = None  # a reset makes a new ready lab under the same id
     samples: deque[Sample] = field(default_factory=deque)
     verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)
     streaks: dict[str, int] = field(default_factory=dict)  # consecutive passing runs per probe check
@@ -154,7 +156,9 @@ class Monitor:
             labs = labs.filter(pk__in=self.only_labs)
         ready = {str(lab.id): lab for lab in labs}
         for lab_id in list(self.watches):
-            if lab_id not in ready:
+            # Gone, or reset between two polls (ready again, with a new ready_at): the old watch's
+            # samples, verdicts and streaks belong to containers that no longer exist.
+            if lab_id not in ready or ready[lab_id].ready_at != self.watches[lab_id].ready_at:
                 self.watches.pop(lab_id).stop.set()
                 logger.info("lab %s: monitor stops following", lab_id[:12])
         for lab_id, lab in ready.items():
@@ -166,7 +170,9 @@ class Monitor:
                     logger.exception("lab %s: spec unreadable, not followed", lab.short_id)
                     continue
                 states = {node.name: node.state for node in lab.nodes.all()}
-                watch = LabWatch(lab_id=lab_id, short_id=lab.short_id, package=package, node_states=states)
+                watch = LabWatch(
+                    lab_id=lab_id, short_id=lab.short_id, package=package, node_states=states, ready_at=lab.ready_at
+                )
                 watch.verdicts = {result.key: (result.status, result.reason) for result in lab.objective_results.all()}
                 self.watches[lab_id] = watch
                 logger.info("lab %s: monitor follows", lab.short_id)
@@ -344,7 +350,8 @@ class Monitor:
 
     def handle_check(self, watch: LabWatch, objective: ObjectiveSpec, outcome: Outcome) -> None:
         """One run of a check: met after `passes` passing runs in a row, failing after `fails`
-        failing runs in a row; in between, the objective keeps its status and says what it saw."""
+        failing runs in a row. In between, a failing run keeps the status (and says what it saw);
+        a passing run keeps `met`, and turns anything else `pending` until the passes are in."""
         check = objective.check
         assert isinstance(check, ProbeCheck)
         previous = watch.verdicts.get(objective.key, (ObjectiveResult.Status.PENDING, ""))

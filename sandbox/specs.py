@@ -86,6 +86,13 @@ SCRATCH_MAX_BYTES = 256 * 1024**2
 SCRATCH_FORBIDDEN = ("/proc", "/sys", "/dev")
 
 
+# An image reference as Docker reads one: [registry[:port]/]name[/name...][:tag][@sha256:digest].
+IMAGE_REFERENCE = (
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+
 def _check_container_path(path: str) -> str:
     """A path inside a container that a mount or a copied file may take."""
     parts = PurePosixPath(path).parts
@@ -112,9 +119,7 @@ class NodeSpec(Strict):
     name: Annotated[str, Field(pattern=NAME)]
     role: Literal["lb", "app", "cache", "db", "traffic", "other"] = "other"
     build: str | None = Field(default=None, description="a build context (folder with a Dockerfile)")
-    image: str | None = Field(
-        default=None, pattern=r"^[a-z0-9][a-z0-9._/:@-]*$", description="an image name, used as it is"
-    )
+    image: str | None = Field(default=None, pattern=IMAGE_REFERENCE, description="an image name, used as it is")
     files: list[FileSpec] = Field(default=[], description="files copied in, owned by the node's user")
     replicas: int = Field(default=1, ge=1, le=8)
     command: list[str] | None = None
@@ -158,6 +163,10 @@ class NodeSpec(Strict):
         paths = [file.path for file in self.files]
         if len(set(paths)) != len(paths):
             raise ValueError("files: two files share a path")
+        for path in paths:
+            hidden_by = next((mount for mount in self.scratch if path.startswith(mount + "/")), None)
+            if hidden_by is not None:
+                raise ValueError(f"files: {path} would be hidden by the scratch mount at {hidden_by}")
         return self
 
     @model_validator(mode="after")
@@ -258,12 +267,21 @@ class HttpCheck(ProbeCheck):
     kind: Literal["http"]
     url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
     method: Literal["GET", "HEAD", "POST", "PUT", "DELETE"] = "GET"
-    data: str | None = Field(default=None, description="request body, for POST and PUT")
-    status: int = Field(default=200, ge=100, le=599)
+    data: str | None = Field(default=None, description="request body, for POST, PUT and DELETE")
+    # 1xx answers are interim (100 Continue): the final status is what a check can want.
+    status: int = Field(default=200, ge=200, le=599)
     body: Pattern | None = Field(default=None, description="a regular expression the body must contain")
-    headers: dict[str, Pattern] = Field(
+    headers: dict[Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")], Pattern] = Field(
         default={}, description="header name -> a regular expression its value must contain"
     )
+
+    @model_validator(mode="after")
+    def fits_the_method(self) -> HttpCheck:
+        if self.data is not None and self.method not in {"POST", "PUT", "DELETE"}:
+            raise ValueError(f"data: a {self.method} request sends no body")
+        if self.body is not None and self.method == "HEAD":
+            raise ValueError("body: a HEAD answer has no body to match")
+        return self
 
 
 class CommandCheck(ProbeCheck):
@@ -283,6 +301,12 @@ class CommandCheck(ProbeCheck):
         return self
 
 
+MAX_ANSWER_LENGTH = 500
+# Trimmed as the page's answers are (a folded YAML `>` string ends in a newline), and no longer
+# than an answer may be, so every choice can be picked.
+Answer = Annotated[str, AfterValidator(str.strip), Field(min_length=1, max_length=MAX_ANSWER_LENGTH)]
+
+
 def normalise_answer(text: str) -> str:
     """How a learner's free-text answer is compared: trimmed, inner spaces squeezed."""
     return " ".join(text.split())
@@ -293,8 +317,8 @@ class QuestionCheck(Strict):
 
     kind: Literal["question"]
     prompt: str = Field(min_length=1)
-    choices: list[str] = Field(default=[], description="answers to pick from; none for a free-text answer")
-    answer: str = Field(min_length=1, description="the right answer (one of choices, if there are choices)")
+    choices: list[Answer] = Field(default=[], description="answers to pick from; none for a free-text answer")
+    answer: Answer = Field(description="the right answer (one of choices, if there are choices)")
     accept: list[Pattern] = Field(
         default=[], description="free text: regular expressions (whole answer, any case) that also count as right"
     )
@@ -453,10 +477,18 @@ class LabPackage:
         return (self.root / node.build).resolve()
 
     def read_script(self, relative: str) -> str:
-        return (self.root / relative).read_text()
+        return self._inside(relative).read_text()
 
     def read_file(self, relative: str) -> bytes:
-        return (self.root / relative).read_bytes()
+        return self._inside(relative).read_bytes()
+
+    def _inside(self, relative: str) -> Path:
+        """The file at `relative`, resolved now: validated once is not enough if a symlink is
+        swapped in after the spec was read."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise LabSpecError(f"{self.root / relative}: must stay inside the lab folder {self.root}")
+        return path
 
     @property
     def tools_context(self) -> Path:
@@ -578,6 +610,11 @@ def _entry(node: yaml.Node, part: str | int) -> tuple[yaml.Node, yaml.Node] | No
     return None
 
 
+def _kind_of(node: yaml.Node) -> str | None:
+    entry = _entry(node, "kind")
+    return str(entry[1].value) if entry is not None and isinstance(entry[1], yaml.ScalarNode) else None
+
+
 def _line_of(root: yaml.Node | None, loc: Loc) -> int:
     """The 1-based line of the deepest node on `loc`: a key's own line, or for a key that is not
     there, the line of the mapping (or list item) that lacks it."""
@@ -588,11 +625,11 @@ def _line_of(root: yaml.Node | None, loc: Loc) -> int:
         entry = _entry(node, part)
         # Parts that match nothing are pydantic's union and discriminator tags (`list[str]`,
         # `http`). A tag can equal a key of the same mapping (`kind: metric` beside `metric:`,
-        # `kind: command` beside `command:`): it is skipped when the next part is a key here.
+        # `kind: command` beside `command:`): it is the tag when it is this mapping's `kind` and
+        # more of the path follows.
         if entry is None:
             continue
-        rest = loc[position + 1 :]
-        if rest and _entry(node, rest[0]) is not None:
+        if position + 1 < len(loc) and _kind_of(node) == part:
             continue
         line, node = entry[0].start_mark.line, entry[1]
     return line + 1

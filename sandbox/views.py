@@ -14,7 +14,7 @@ from . import lifecycle
 from .access import get_lab_for_user
 from .models import Lab
 from .payloads import lab_payload, snapshot_payload
-from .specs import LabNotFound
+from .specs import LabNotFound, LabSpecError
 
 View = Callable[..., HttpResponse]
 
@@ -149,6 +149,9 @@ def answer_question(request: HttpRequest, lab_id: str, key: str) -> JsonResponse
     lab = get_lab_for_user(request.user, lab_id, write=True)
     try:
         answer = json_body(request).get("answer")
+    except lifecycle.LabError as error:  # not JSON, or not an object
+        return JsonResponse({"error": str(error)}, status=400)
+    try:
         if not isinstance(answer, str):
             raise lifecycle.InvalidAnswer('Send the answer as a string: {"answer": "..."}.')
         objective = lifecycle.answer_question(lab, key, answer)
@@ -158,5 +161,7 @@ def answer_question(request: HttpRequest, lab_id: str, key: str) -> JsonResponse
         return JsonResponse({"error": str(error)}, status=400)
     except lifecycle.LabError as error:
         return refused(error)
+    except LabSpecError as error:
+        return refused(lifecycle.LabError(f"This lab's package cannot be read: {error}"))
     lifecycle.mark_active(lab.pk)
     return JsonResponse(objective)

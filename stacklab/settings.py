@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "django_ratelimit",
     "course",
     "sandbox",
 ]
@@ -114,6 +115,12 @@ CHANNEL_LAYERS = {
 # The watcher keeps each lab's last minutes of traffic figures here, so a reloaded page redraws
 # its charts; shared by the processes through Redis.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+# Lab launches a user may request, in django-ratelimit's notation ("10/m", "100/h"), counted in
+# the cache above (shared by every web process).
+LAUNCH_RATE_LIMIT = os.environ.get("STACKLAB_LAUNCH_RATE", "10/m")
+# django-ratelimit lists Django's own Redis cache as "not officially supported": it is shared
+# and its incr is atomic (INCR), which is all the counter needs.
+SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", celery_broker_url(REDIS_URL))
 CELERY_TASK_IGNORE_RESULT = True
@@ -134,10 +141,30 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "course:index"
 LOGOUT_REDIRECT_URL = "login"
+
+# E-mail (password reset): printed on the console for a newcomer; SMTP once EMAIL_HOST is set.
+# An explicit EMAIL_BACKEND wins either way. Under pytest, Django swaps in its in-memory outbox.
+_email_host = os.environ.get("EMAIL_HOST", "")
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or (
+    "django.core.mail.backends.smtp.EmailBackend" if _email_host else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_HOST = _email_host or "localhost"
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "587"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+# Implicit TLS (EMAIL_USE_SSL, usually port 465) and STARTTLS exclude each other: SSL turns the
+# STARTTLS default off.
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)
+if EMAIL_USE_SSL and EMAIL_USE_TLS:
+    raise RuntimeError("EMAIL_USE_TLS and EMAIL_USE_SSL exclude each other: set only one")
+EMAIL_TIMEOUT = int(os.environ.get("EMAIL_TIMEOUT", "10"))
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Stacklab <noreply@localhost>")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -194,3 +221,5 @@ if TESTING:
     CELERY_BROKER_URL = "memory://"
     CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = "stacklab-test"
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # One process per test run: its own memory is the shared cache django-ratelimit asks for.
+    SILENCED_SYSTEM_CHECKS = [*SILENCED_SYSTEM_CHECKS, "django_ratelimit.E003"]

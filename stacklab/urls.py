@@ -1,13 +1,15 @@
-"""Top-level URLs: the course pages, the lab API, auth and admin."""
+"""Top-level URLs: the course pages, the lab API, accounts (Django's auth views and sign-up) and admin."""
 
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
+
+from course import accounts
 
 urlpatterns = [
     path("", include("course.urls")),
     path("api/", include("sandbox.urls")),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/signup/", accounts.signup, name="signup"),
+    # Log-in, log-out, password change and reset, under Django's own route names.
+    path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -8,12 +8,13 @@ run instead of skipping: nothing may quietly not run.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
 
+from course.models import Cohort, Course, Enrolment
 from sandbox.access import INSTRUCTORS_GROUP
 from sandbox.engine import Engine, EngineError, EngineUnavailable, ExecResult, Network, NodeRun, NodeStatus
 
@@ -36,13 +37,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture
 def make_user(db: None) -> Callable[..., User]:
-    def make(username: str = "learner", *, instructor: bool = False) -> User:
+    def make(username: str = "learner", *, instructor: bool = False, teaching: Iterable[User | int] = ()) -> User:
+        """A user; an instructor if asked, who teaches a cohort of `teaching` if any are given."""
         user = User.objects.create_user(username=username, password="pw-" + username)
         if instructor:
             user.groups.add(Group.objects.get_or_create(name=INSTRUCTORS_GROUP)[0])
+        if teaching:
+            teach_cohort(user, teaching)
         return user
 
     return make
+
+
+def teach_cohort(instructor: User, learners: Iterable[User | int], name: str = "Cohort") -> Cohort:
+    """A cohort of the course taught by `instructor`, with `learners` (users or ids) enrolled."""
+    course = Course.objects.first() or Course.objects.create(title="Backend architecture, hands-on")
+    cohort = Cohort.objects.create(name=name, course=course)
+    cohort.instructors.add(instructor)
+    for learner in learners:
+        Enrolment.objects.create(cohort=cohort, learner_id=getattr(learner, "pk", learner))
+    return cohort
 
 
 @pytest.fixture
@@ -186,3 +200,13 @@ def _channel_layer_per_marker(request: pytest.FixtureRequest, settings) -> None:
         settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     else:
         request.getfixturevalue("redis_channel_layer")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    """Each test starts with an empty cache: launch rate-limit counters (and chart history) kept
+    in it must not leak from one test into the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

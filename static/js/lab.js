@@ -8,6 +8,11 @@
 // `feature.snapshot(message)`, `feature.node(message)`, `feature.metrics(message)`, … plus
 // `feature.lab(lab)` whenever the lab object changes (socket or HTTP answer), `feature.live(state)`
 // when the socket comes or goes, and `feature.reset()` when a new lab replaces the old one.
+//
+// Read-only mode (`data-read-only="true"` on the panel: an instructor watching a learner's lab)
+// follows the same socket with only the topology, charts, timeline, nodes and objectives: no
+// controls, faults, hints, questions or terminals. A snapshot embedded in the page
+// (`<script id="lab-snapshot" type="application/json">`) draws the panel before the socket opens.
 
 import { createCharts } from "./charts.js";
 import { createExpiry } from "./expiry.js";
@@ -21,10 +26,15 @@ import { createQuestion } from "./questions.js";
 import { el, postJSON, say } from "./util.js";
 
 const panel = document.getElementById("lab-panel");
-const csrf = panel.querySelector("input[name=csrfmiddlewaretoken]").value;
+const readOnly = panel.dataset.readOnly === "true";
+const csrf = panel.querySelector("input[name=csrfmiddlewaretoken]")?.value ?? "";
 const field = (name) => panel.querySelector(`[data-field="${name}"]`);
 const list = (name) => panel.querySelector(`[data-list="${name}"]`);
 const button = (name) => panel.querySelector(`[data-action="${name}"]`);
+const setDisabled = (name, disabled) => {
+  const control = button(name);
+  if (control) control.disabled = disabled; // read-only: there are no controls
+};
 const ENDED = new Set(["stopped", "failed"]);
 const NO_SHELL = new Set(["down", "paused"]); // a stopped or frozen container cannot run one
 
@@ -49,10 +59,11 @@ const ctx = {
   url: (path) => `${panel.dataset.apiRoot}${labId}/${path}`,
   post: (url, body) => postJSON(url, csrf, body),
   canOpenTerminal(name) {
+    if (readOnly) return false;
     const node = nodes.get(name);
     return labState === "ready" && Boolean(node) && !NO_SHELL.has(node.state);
   },
-  openTerminal: (name) => terminals.open(name),
+  openTerminal: (name) => terminals?.open(name),
   extend: () => extend(),
   // Ask the socket for a fresh snapshot (e.g. after a skip reveals the solution).
   refresh() {
@@ -60,17 +71,22 @@ const ctx = {
   },
 };
 
-const terminals = createTerminals(ctx, document.getElementById("terminals"));
-const features = [
-  createExpiry(ctx, panel),
-  createIdle(ctx, panel),
+const terminals = readOnly ? null : createTerminals(ctx, document.getElementById("terminals"));
+const watched = [
   createTopology(ctx, document.getElementById("topology")),
   createCharts(ctx, panel.querySelector("[data-charts]")),
   createTimeline(ctx, panel.querySelector("[data-timeline-section]")),
-  createFaults(ctx, panel.querySelector("[data-faults-section]")),
-  createHints(ctx, panel.querySelector("[data-hints-section]")),
-  terminals,
 ];
+const features = readOnly
+  ? watched
+  : [
+      createExpiry(ctx, panel),
+      createIdle(ctx, panel),
+      ...watched,
+      createFaults(ctx, panel.querySelector("[data-faults-section]")),
+      createHints(ctx, panel.querySelector("[data-hints-section]")),
+      terminals,
+    ];
 
 function dispatch(type, message) {
   for (const feature of features) {
@@ -96,10 +112,10 @@ function renderLab(lab) {
   field("state").textContent = lab.state;
   field("reason").textContent = lab.state === "failed" ? lab.reason : "";
   const live = lab.state && !ENDED.has(lab.state);
-  button("launch").disabled = Boolean(live);
-  button("break").disabled = lab.state !== "ready";
-  button("extend").disabled = lab.state !== "ready";
-  button("stop").disabled = !live;
+  setDisabled("launch", Boolean(live));
+  setDisabled("break", lab.state !== "ready");
+  setDisabled("extend", lab.state !== "ready");
+  setDisabled("stop", !live);
   renderNodes(); // terminal buttons follow the lab's state
   renderObjectives(); // so do the question forms
   dispatch("lab", lab);
@@ -113,7 +129,7 @@ function renderNodes() {
   if (!nodes.size) {
     const row = el("tr");
     const cell = el("td", "muted", labId ? "No nodes yet." : "Launch the lab to see its nodes.");
-    cell.colSpan = 5;
+    cell.colSpan = readOnly ? 4 : 5;
     row.append(cell);
     list("nodes").replaceChildren(row);
     return;
@@ -123,6 +139,11 @@ function renderNodes() {
     row.dataset.node = node.name;
     const name = el("td", "", node.name);
     name.title = `docker exec -it ${node.container} sh`;
+    const cells = [name, el("td", "", node.role), el("td", "state", node.state), el("td", "container", node.container)];
+    if (readOnly) {
+      row.append(...cells);
+      return row;
+    }
     const open = el("button", "small", "Terminal");
     open.type = "button";
     open.dataset.terminalOpen = node.name;
@@ -130,7 +151,7 @@ function renderNodes() {
     open.title = open.disabled ? `No shell: ${labState === "ready" ? `${node.name} is ${node.state}` : "the lab is not running"}` : `Open a shell on ${node.name}`;
     const action = el("td", "action");
     action.append(open);
-    row.append(name, el("td", "", node.role), el("td", "state", node.state), el("td", "container", node.container), action);
+    row.append(...cells, action);
     return row;
   });
   list("nodes").replaceChildren(...rows);
@@ -143,7 +164,7 @@ function objectiveItem(objective) {
     item.dataset.objective = objective.key;
     entry = { item, title: el("span", "title"), reason: el("span", "reason"), question: null };
     item.append(entry.title, entry.reason);
-    if (objective.question) {
+    if (objective.question && !readOnly) {
       entry.question = createQuestion(ctx, objective, (answered) => handlers.objective(answered));
       item.append(entry.question.element);
     }
@@ -276,7 +297,11 @@ async function extend() {
   return lab;
 }
 
-button("launch").addEventListener("click", () =>
+function listen(name, run) {
+  button(name)?.addEventListener("click", run);
+}
+
+listen("launch", () =>
   act("launch", async () => {
     const lab = await ctx.post(panel.dataset.launchUrl);
     if (lab.id !== labId) {
@@ -292,14 +317,22 @@ button("launch").addEventListener("click", () =>
     connect();
   }),
 );
-button("break").addEventListener("click", () => act("break", () => ctx.post(ctx.url("break"))));
-button("extend").addEventListener("click", () => act("extend", extend));
-button("stop").addEventListener("click", () => act("stop", () => ctx.post(ctx.url("stop"))));
+listen("break", () => act("break", () => ctx.post(ctx.url("break"))));
+listen("extend", () => act("extend", extend));
+listen("stop", () => act("stop", () => ctx.post(ctx.url("stop"))));
 
 list("nodes").addEventListener("click", (event) => {
   const open = event.target.closest("[data-terminal-open]");
   if (open && !open.disabled) ctx.openTerminal(open.dataset.terminalOpen);
 });
 
+// A snapshot rendered into the page: the panel is drawn (as "not live") before the socket opens.
+const embedded = document.getElementById("lab-snapshot");
+if (embedded) {
+  const message = JSON.parse(embedded.textContent);
+  handlers.snapshot(message);
+  dispatch("snapshot", message);
+}
 setLive(labId ? "false" : "idle");
-connect();
+if (ENDED.has(labState)) setLive("ended");
+else connect();

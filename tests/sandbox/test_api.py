@@ -62,7 +62,7 @@ def test_anonymous_gets_401(ready_lab: Lab) -> None:
 
 
 def test_instructor_can_watch_but_not_act(make_user, ready_lab: Lab, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001, E501
-    instructor = client_for(make_user("teacher", instructor=True))
+    instructor = client_for(make_user("teacher", instructor=True, teaching=[ready_lab.owner]))
     assert instructor.get(f"/api/labs/{ready_lab.id}/").status_code == 200
     with django_capture_on_commit_callbacks() as queued:
         for action in ("stop", "extend", "break"):

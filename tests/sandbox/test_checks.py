@@ -3,8 +3,8 @@ The docker-marked test at the end runs both kinds in a real lab."""
 
 from __future__ import annotations
 
-from sandbox.checks import curl_command, judge_command, judge_http
-from sandbox.engine import ExecResult
+from sandbox.checks import command_for, curl_command, judge_command, judge_http, run_check
+from sandbox.engine import ExecResult, ExecTimedOut
 from sandbox.specs import CommandCheck, HttpCheck
 
 
@@ -20,9 +20,14 @@ OK_RESPONSE = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Cache: hit\r\nX-
 
 
 def test_curl_sends_the_method_and_body_and_bounds_its_time() -> None:
-    assert curl_command(http(method="PUT", data="v1", timeout=2.5)) == [
-        "curl", "-sS", "-i", "--max-time", "2.5", "-X", "PUT", "--data-binary", "v1", "--", "http://lb:8080/data/a",
+    assert curl_command(http(method="PUT", data="@v1", timeout=2.5)) == [
+        "curl", "-sS", "--max-time", "2.5", "-i", "-X", "PUT", "--data-raw", "@v1", "--", "http://lb:8080/data/a",
     ]  # fmt: skip
+
+
+def test_a_head_check_asks_with_dash_capital_i() -> None:
+    # `-X HEAD` would make curl wait for a body that never comes.
+    assert curl_command(http(method="HEAD")) == ["curl", "-sS", "--max-time", "3", "-I", "--", "http://lb:8080/data/a"]
 
 
 def test_http_check_passes_on_status_headers_and_body() -> None:
@@ -87,3 +92,22 @@ def test_command_check_names_output_that_does_not_match() -> None:
 def test_command_check_that_cannot_run_says_so() -> None:
     outcome = judge_command(command(), ExecResult(127, 'exec: "psql": executable file not found in $PATH'))
     assert not outcome.passed and "could not run" in outcome.reason
+
+
+def test_a_command_check_runs_under_timeout_so_it_cannot_hang() -> None:
+    check = command(timeout=2)
+    assert command_for(check, package=None) == ["timeout", "-k", "1", "2", "psql", "-c", "x"]  # type: ignore[arg-type]
+    outcome = judge_command(check, ExecResult(124, ""))
+    assert not outcome.passed and outcome.reason == "psql -c x in db: still running after 2 s (stopped)"
+
+
+class SilentEngine:
+    """An engine whose exec never answers in time."""
+
+    def exec(self, lab: str, node: str, command: list[str], user: str | None = None, timeout: float | None = None):  # noqa: ANN201
+        raise ExecTimedOut(f"{node}: no answer within {timeout:g} s")
+
+
+def test_a_check_the_engine_does_not_answer_in_time_fails_with_why() -> None:
+    outcome = run_check(SilentEngine(), "lab", http(timeout=1), package=None)  # type: ignore[arg-type]
+    assert not outcome.passed and outcome.reason == "the check in traffic gave no answer within 3 s"

@@ -18,6 +18,7 @@ from sandbox import lifecycle
 from sandbox.live import lab_group, publish
 from sandbox.models import Lab
 from stacklab.asgi import application
+from tests.conftest import teach_cohort
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -129,6 +130,7 @@ async def test_instructor_may_watch() -> None:
 
         user = User.objects.create_user(username="teacher", password="pw")
         user.groups.add(Group.objects.get_or_create(name="instructors")[0])
+        teach_cohort(user, [lab.owner_id])
         return user
 
     communicator, connected, _ = await connect(await make_instructor(), lab)

@@ -192,7 +192,8 @@ def test_checks_run_in_their_node_on_the_engine(watched, fake_engine) -> None:  
     assert len(fake_engine.execs) == 1
     node, command = fake_engine.execs[0]
     assert node == "lb"
-    assert command[:2] == ["sh", "-c"] and "show stat" in command[2]
+    assert command[:4] == ["timeout", "-k", "1", "3"]  # the check's timeout, enforced in the node
+    assert command[4:6] == ["sh", "-c"] and "show stat" in command[6]
     assert next_run == pytest.approx(time.monotonic() + 2, abs=0.5)  # its interval
     # The fake engine answers "ok", which is not "3 of 3 app servers health-checked".
     result = ObjectiveResult.objects.get(lab=lab, key="health-checked")

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from sandbox import lifecycle
 from sandbox.models import Lab, LabEvent, ObjectiveResult
+from sandbox.results import record_result
 from sandbox.specs import load_lab
 
 QUESTION = "why-it-failed"
@@ -109,7 +110,8 @@ def test_a_lab_that_is_not_running_takes_no_answer(learner, ready_lab: Lab) -> N
 
 def test_nobody_else_can_answer_for_the_learner(make_user, ready_lab: Lab) -> None:  # noqa: ANN001
     assert answer(logged_in(make_user("mallory")), ready_lab, RIGHT).status_code == 404
-    assert answer(logged_in(make_user("teacher", instructor=True)), ready_lab, RIGHT).status_code == 404
+    teacher = make_user("teacher", instructor=True, teaching=[ready_lab.owner])
+    assert answer(logged_in(teacher), ready_lab, RIGHT).status_code == 404
     assert answer(Client(), ready_lab, RIGHT).status_code == 401
     assert ObjectiveResult.objects.get(lab=ready_lab, key=QUESTION).status == "pending"
 
@@ -118,3 +120,48 @@ def test_answering_needs_the_csrf_token(learner, ready_lab: Lab) -> None:  # noq
     client = Client(enforce_csrf_checks=True)
     client.force_login(learner)
     assert answer(client, ready_lab, RIGHT).status_code == 403
+
+
+def keys_anywhere(payload: object) -> set[str]:
+    if isinstance(payload, dict):
+        return set(payload) | {key for value in payload.values() for key in keys_anywhere(value)}
+    if isinstance(payload, list):
+        return {key for value in payload for key in keys_anywhere(value)}
+    return set()
+
+
+def test_no_answer_or_accepted_pattern_reaches_the_page_anywhere(learner, ready_lab: Lab) -> None:  # noqa: ANN001
+    client = logged_in(learner)
+    payloads = [client.get(f"/api/labs/{ready_lab.id}/").json(), answer(client, ready_lab, WRONG).json()]
+    assert not {"answer", "accept"} & set().union(*(keys_anywhere(p) for p in payloads))
+    explanation = load_lab("scaling-load-balancer").spec.objective(QUESTION).check.explanation
+    assert explanation.split()[0] not in json.dumps(payloads)  # the explanation waits for a right answer
+    page = client.get("/lessons/load-balancing/").content.decode()
+    assert "Round robin gives every server its turn" not in page
+
+
+def test_a_wrong_answer_sent_with_a_right_one_cannot_undo_it(learner, ready_lab: Lab) -> None:  # noqa: ANN001
+    client = logged_in(learner)
+    assert answer(client, ready_lab, RIGHT).json()["status"] == "met"
+    # The wrong answer's request read "pending" before the right one was stored: its write is
+    # a compare-and-set that leaves a met question alone.
+    objective = load_lab("scaling-load-balancer").spec.objective(QUESTION)
+    stored = record_result(ready_lab.pk, objective, "failing", "Not quite", status_changed=True, unless_met=True)
+    assert stored is False
+    assert ObjectiveResult.objects.get(lab=ready_lab, key=QUESTION).status == "met"
+
+
+def test_results_are_not_stored_once_the_lab_has_left_ready(ready_lab: Lab) -> None:
+    Lab.objects.filter(pk=ready_lab.pk).update(state=Lab.State.STOPPING)
+    objective = load_lab("scaling-load-balancer").spec.objective("health-checked")
+    assert record_result(ready_lab.pk, objective, "failing", "No such container", status_changed=True) is False
+    assert ObjectiveResult.objects.get(lab=ready_lab, key="health-checked").status == "pending"
+    assert not LabEvent.objects.filter(lab=ready_lab, kind=LabEvent.Kind.OBJECTIVE).exists()
+
+
+def test_a_reset_asks_the_question_again(learner, ready_lab: Lab, fake_engine) -> None:  # noqa: ANN001
+    answer(logged_in(learner), ready_lab, RIGHT)
+    lifecycle.reset_lab(str(ready_lab.id), engine_factory=lambda: fake_engine)
+    result = ObjectiveResult.objects.get(lab=ready_lab, key=QUESTION)
+    assert (result.status, result.reason) == ("pending", "Not answered yet")
+    assert result.first_met_at is not None  # the progress already earned stays

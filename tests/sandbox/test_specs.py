@@ -419,3 +419,55 @@ def test_setup_scripts_must_exist_and_run_in_a_known_node(lab_copy: Path) -> Non
     lines = problems(lab_copy)
     assert lines[1].endswith("setup.0.node: no node named 'app'")
     assert lines[2].endswith("setup.0.script: no file 'missing.sh'")
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        ("{kind: http, node: traffic, url: 'http://lb:8080/', method: HEAD, body: x}", "a HEAD answer has no body"),
+        ("{kind: http, node: traffic, url: 'http://lb:8080/', data: x}", "data: a GET request sends no body"),
+        ("{kind: http, node: traffic, url: 'http://lb:8080/', status: 100}", "greater than or equal to 200"),
+        ("{kind: http, node: traffic, url: 'http://lb:8080/', headers: {'Bad Header:': x}}", "String should match"),
+    ],
+)
+def test_http_checks_that_could_never_pass_are_refused(lab_copy: Path, check: str, message: str) -> None:
+    add_objective(lab_copy, f"  - key: served\n    title: Served\n    check: {check}\n")
+    assert any(message in line for line in problems(lab_copy)), problems(lab_copy)
+
+
+def test_a_file_under_a_scratch_mount_would_be_hidden_and_is_refused(lab_copy: Path) -> None:
+    scratch = '    scratch: {"/var/lib/app": "16m"}\n'
+    edit(lab_copy, scratch, scratch + "    files: [{path: /var/lib/app/seed.txt, source: solve.sh}]\n")
+    hidden = "files: /var/lib/app/seed.txt would be hidden by the scratch mount at /var/lib/app"
+    assert any(hidden in line for line in problems(lab_copy))
+
+
+def test_folded_choices_are_trimmed_so_they_can_be_picked(lab_copy: Path) -> None:
+    add_objective(
+        lab_copy,
+        """  - key: why
+    title: Why?
+    check:
+      kind: question
+      prompt: Which?
+      choices:
+        - >
+          The first choice,
+          folded over two lines
+        - Another
+      answer: >
+        The first choice,
+        folded over two lines
+""",
+    )
+    check = parse_lab(lab_copy).spec.objective("why").check
+    assert check.choices[0] == check.answer == "The first choice, folded over two lines"
+
+
+def test_a_nested_key_error_names_its_own_line_even_beside_a_same_named_key(lab_copy: Path) -> None:
+    # The lb node has a `health.command`; giving the node a `command` too must not pull the
+    # error of `health.command` up to the node's own `command` line.
+    edit(lab_copy, "    depends_on: [app]\n", "    depends_on: [app]\n    command: [haproxy]\n")
+    line = edit(lab_copy, '      command: ["curl", "-fsS"', '      command: []\n      x_command: ["curl", "-fsS"')
+    lines = problems(lab_copy)
+    assert any(entry.startswith(f"{lab_copy}:{line}: nodes.3.health.command: ") for entry in lines), lines

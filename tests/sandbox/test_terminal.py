@@ -244,7 +244,7 @@ async def test_a_lab_that_is_not_ready_or_not_a_lab_is_refused(lab: Lab, learner
 
 
 async def test_an_instructor_may_open_a_terminal(lab: Lab, make_user: Callable[..., User]) -> None:
-    teacher = await database_sync_to_async(make_user)("teacher", instructor=True)
+    teacher = await database_sync_to_async(make_user)("teacher", instructor=True, teaching=[lab.owner_id])
     terminal, connected, _ = await open_terminal(teacher, lab.id, "cache")
     try:
         assert connected

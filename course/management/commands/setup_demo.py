@@ -1,4 +1,5 @@
-"""`manage.py setup_demo`: create the demo learner and instructor (once) and print how to log in."""
+"""`manage.py setup_demo`: create the demo learner and instructor (once), a demo cohort the
+instructor teaches with the learner in it, and print how to log in and the cohort's invite code."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
 
+from course import cohorts
+from course.models import Cohort, Course, Enrolment
 from sandbox.access import INSTRUCTORS_GROUP
+
+DEMO_COHORT = "Demo cohort"
 
 
 class Command(BaseCommand):
@@ -26,3 +31,14 @@ class Command(BaseCommand):
                 user.groups.add(instructors)
             state = "created" if created else "exists"
             self.stdout.write(f"demo {username:<10} login: {username} / {password}  ({state})")
+        course = Course.objects.order_by("pk").first()
+        if course is None:
+            self.stdout.write("demo cohort: skipped, no content loaded yet (run manage.py load_content)")
+            return
+        cohort, created = Cohort.objects.get_or_create(name=DEMO_COHORT, defaults={"course": course})
+        cohort.instructors.add(User.objects.get(username="instructor"))
+        Enrolment.objects.get_or_create(cohort=cohort, learner=User.objects.get(username="learner"))
+        invite = cohort.invites.filter(is_active=True).first() or cohorts.create_invite(cohort)
+        state = "created" if created else "exists"
+        line = f"demo cohort '{cohort.name}': invite code {invite.code}, link /join/{invite.code}"
+        self.stdout.write(f"{line}  ({state})")

@@ -33,7 +33,7 @@ class Command(BaseCommand):
                 if package.spec.has_network_faults:
                     contexts[package.tools_context] = slug
             for name in sorted(named):
-                self.stdout.write(f"{engine.ensure_pulled(name)}  (named in a spec)")
+                self.stdout.write(f"{name} = {engine.ensure_pulled(name)[:19]}  (named in a spec)")
             for context in sorted(contexts):
                 started = time.monotonic()
                 tag = engine.ensure_image(context)
