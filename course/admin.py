@@ -11,7 +11,7 @@ from sandbox import lifecycle
 from sandbox.models import Lab
 
 from . import cohorts
-from .models import Cohort, Course, Enrolment, Invite, LabRecord, Lesson, LessonUnlock, Module
+from .models import Cohort, Course, Enrolment, Invite, LabRecord, Lesson, LessonUnlock, Module, VerifiedEmail
 
 
 class EnrolmentInline(admin.TabularInline):
@@ -63,9 +63,14 @@ class CohortAdmin(admin.ModelAdmin):
     @admin.action(description="Stop every running lab of the selected cohorts' learners")
     def stop_running_labs(self, request: HttpRequest, queryset: QuerySet[Cohort]) -> None:
         labs = Lab.objects.filter(state__in=Lab.LIVE_STATES, owner__enrolments__cohort__in=queryset).distinct()
+        stopping = 0
         for lab in labs:
-            lifecycle.request_stop(lab, reason=f"Stopped by staff ({request.user.get_username()}).")
-        self.message_user(request, f"Stopping {len(labs)} lab(s).", messages.SUCCESS)
+            try:
+                lifecycle.request_stop(lab, reason=f"Stopped by staff ({request.user.get_username()}).")
+                stopping += 1
+            except lifecycle.LabError:
+                pass  # it ended meanwhile
+        self.message_user(request, f"Stopping {stopping} lab(s).", messages.SUCCESS)
 
 
 @admin.register(Enrolment)
@@ -80,7 +85,10 @@ class EnrolmentAdmin(admin.ModelAdmin):
 class InviteAdmin(admin.ModelAdmin):
     list_display = ["code", "cohort", "uses", "max_uses", "expires_at", "is_active"]
     list_filter = ["cohort", "is_active"]
-    readonly_fields = ["code", "uses", "created_by", "created_at"]
+    readonly_fields = ["code", "cohort", "uses", "created_by", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # codes are made by the cohort's "Create an invite" action, never typed in
 
 
 class ContentAdmin(admin.ModelAdmin):
@@ -115,3 +123,12 @@ class LessonAdmin(ContentAdmin):
 @admin.register(LabRecord)
 class LabRecordAdmin(ContentAdmin):
     list_display = ["slug", "title", "updated_at"]
+
+
+@admin.register(VerifiedEmail)
+class VerifiedEmailAdmin(admin.ModelAdmin):
+    """Confirmed addresses (domain-restricted invites need one). Staff may confirm one by hand."""
+
+    list_display = ["user", "email", "verified_at"]
+    search_fields = ["user__username", "email"]
+    autocomplete_fields = ["user"]

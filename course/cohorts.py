@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import IntegrityError, transaction
@@ -20,6 +21,7 @@ from django.utils.formats import date_format
 from sandbox.access import INSTRUCTORS_GROUP, is_instructor
 from sandbox.models import Lab
 
+from . import verification
 from .models import Cohort, Course, Enrolment, Invite, LessonUnlock
 
 INVITE_CODE_BYTES = 9  # 12 URL-safe characters: not guessable, short enough to read out
@@ -77,7 +79,8 @@ def create_invite(
 
 
 def find_invite(code: str) -> Invite:
-    invite = Invite.objects.select_related("cohort").filter(code=code.strip()).first()
+    code = code.strip()
+    invite = Invite.objects.select_related("cohort").filter(code=code).first() if code else None
     if invite is None or not invite.is_active:
         raise InviteNotFound(INVALID_CODE)
     return invite
@@ -93,12 +96,16 @@ USED_UP = "This invite has been used as many times as it allows. Ask your instru
 
 def check_invite(user: AbstractBaseUser, invite: Invite) -> None:
     """Raise EnrolmentError if `user` cannot use `invite` now: it expired, it is for other e-mail
-    domains, or its uses are spent (as last read: `enrol_with_invite` takes the use for sure)."""
+    domains (or the user has not confirmed their address at one of them yet), or its uses are
+    spent (as last read: `enrol_with_invite` takes the use for sure)."""
     if invite.expires_at is not None and invite.expires_at <= timezone.now():
         raise EnrolmentError(f"This invite expired on {_local(invite.expires_at)}. Ask your instructor for a new one.")
     if invite.allowed_domains and _email_domain(user) not in invite.allowed_domains:
         domains = ", ".join(f"@{domain}" for domain in invite.allowed_domains)
         raise EnrolmentError(f"This invite is for e-mail addresses at {domains}; your account's is not.")
+    if invite.allowed_domains and not verification.is_verified(user):
+        # Anyone can sign up with any address: only a followed link proves it is theirs.
+        raise EnrolmentError(verification.VERIFY_FIRST)
     if invite.max_uses is not None and invite.uses >= invite.max_uses:
         raise EnrolmentError(USED_UP)
 
@@ -184,12 +191,18 @@ def withdraw_invite(invite: Invite) -> None:
 
 def may_watch(user: AbstractBaseUser | AnonymousUser, lab: Lab) -> bool:
     """Whether `user` may watch another person's lab (read-only): staff, or an instructor of a
-    cohort the lab's owner is enrolled in."""
+    cohort the lab's owner had joined when the lab was launched. A lab belongs to its learner, not
+    to a cohort: a learner in two cohorts is watched by the instructors of both."""
     if not user.is_authenticated:
         return False
     if user.is_staff:
         return True
-    return is_instructor(user) and Enrolment.objects.filter(cohort__instructors=user, learner_id=lab.owner_id).exists()
+    return (
+        is_instructor(user)
+        and Enrolment.objects.filter(
+            cohort__instructors=user, learner_id=lab.owner_id, joined_at__lte=lab.created_at
+        ).exists()
+    )
 
 
 # -- schedule ---------------------------------------------------------------------------------
@@ -270,11 +283,14 @@ def require_open(user: AbstractBaseUser, lesson_slug: str) -> None:
 
 
 def lab_hours(labs: QuerySet[Lab], now: datetime | None = None) -> Decimal:
-    """Hours the labs ran: from ready to stopped (or now, for one still running)."""
+    """Hours the labs ran: from ready to stopped (or now, for one still running), plus what each
+    ran before its resets."""
     now = now or timezone.now()
     seconds = 0.0
-    for ready_at, stopped_at in labs.exclude(ready_at=None).values_list("ready_at", "stopped_at"):
-        seconds += max(0.0, ((stopped_at or now) - ready_at).total_seconds())
+    for ready_at, stopped_at, earlier in labs.values_list("ready_at", "stopped_at", "earlier_run_seconds"):
+        seconds += earlier
+        if ready_at is not None:
+            seconds += max(0.0, ((stopped_at or now) - ready_at).total_seconds())
     return Decimal(str(round(seconds / 3600, 2)))
 
 
@@ -287,9 +303,32 @@ def check_launch_quotas(user: AbstractBaseUser, now: datetime | None = None) -> 
     and when it frees). Call it in the transaction that creates the lab, after `lock_cohorts`."""
     now = now or timezone.now()
     running = Lab.objects.filter(state__in=Lab.LIVE_STATES)
-    for enrolment in Enrolment.objects.filter(learner=user).select_related("cohort"):
+    site_cap = settings.MAX_LABS_RUNNING
+    if site_cap is not None and running.count() >= site_cap:
+        expiry = _earliest_expiry(running)
+        frees = f" The next frees at {_local(expiry)} at the latest." if expiry else " Try again in a few minutes."
+        raise QuotaExceeded(
+            "site_labs_running", "", f"Stacklab is running as many labs as it can at once ({site_cap}).{frees}"
+        )
+    enrolments = list(Enrolment.objects.filter(learner=user).select_related("cohort"))
+    mine = running.filter(owner=user)
+    alone_cap = settings.MAX_LABS_PER_LEARNER
+    if not enrolments and alone_cap is not None and mine.count() >= alone_cap:
+        # A learner in no cohort (open sign-up) gets the installation's own limit.
+        expiry = _earliest_expiry(mine)
+        frees = f" One frees when you stop a lab{f', or at {_local(expiry)} at the latest' if expiry else ''}."
+        raise QuotaExceeded(
+            "labs_per_learner",
+            "",
+            f"You already have {mine.count()} lab(s) running, the most a learner outside a cohort may have"
+            f" at once ({alone_cap}).{frees}",
+        )
+    for enrolment in enrolments:
         cohort = enrolment.cohort
-        mine = running.filter(owner=user)
+        if cohort.max_labs_per_learner == 0:
+            raise QuotaExceeded(
+                "labs_per_learner", cohort.name, f"{cohort.name} allows no labs at the moment: ask your instructor."
+            )
         if cohort.max_labs_per_learner is not None and mine.count() >= cohort.max_labs_per_learner:
             expiry = _earliest_expiry(mine)
             frees = f" One frees when you stop a lab{f', or at {_local(expiry)} at the latest' if expiry else ''}."
@@ -327,8 +366,8 @@ def lock_cohorts(user: AbstractBaseUser) -> None:
 
 
 def hours_used(enrolment: Enrolment, now: datetime | None = None) -> Decimal:
-    """Lab hours the learner used in the cohort: their labs that became ready since they joined."""
-    return lab_hours(Lab.objects.filter(owner_id=enrolment.learner_id, ready_at__gte=enrolment.joined_at), now)
+    """Lab hours the learner used in the cohort: their labs launched since they joined."""
+    return lab_hours(Lab.objects.filter(owner_id=enrolment.learner_id, created_at__gte=enrolment.joined_at), now)
 
 
 @dataclass(frozen=True)

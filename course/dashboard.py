@@ -41,6 +41,14 @@ def dashboard(request: HttpRequest, cohort_id: int) -> HttpResponse:
     return render(request, "course/dashboard.html", {"cohort": cohort, "snapshot": snapshot, "running": running})
 
 
+def spreadsheet_safe(value: object) -> object:
+    """A cell a spreadsheet will not run as a formula: text starting with = + - @ (a crafted
+    username or e-mail) gets a leading quote, as OWASP advises for CSV exports."""
+    if isinstance(value, str) and value[:1] in {"=", "+", "-", "@", "\t", "\r"}:
+        return "'" + value
+    return value
+
+
 @require_GET
 @login_required
 def progress_csv(request: HttpRequest, cohort_id: int) -> HttpResponse:
@@ -50,7 +58,7 @@ def progress_csv(request: HttpRequest, cohort_id: int) -> HttpResponse:
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     writer = csv.writer(response)
     writer.writerow(overview.PROGRESS_COLUMNS)
-    writer.writerows(overview.progress_rows(cohort))
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in overview.progress_rows(cohort))
     return response
 
 

@@ -13,7 +13,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from . import cohorts
+from . import accounts, cohorts, verification
 from .models import Invite
 
 
@@ -39,7 +39,8 @@ def join(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def join_invite(request: HttpRequest, code: str) -> HttpResponse:
     """The invite's cohort and a Join button (POST). Refusals are shown on the page: an unknown
-    or withdrawn code (404); expired, used up, or for other e-mail domains (400)."""
+    or withdrawn code (404); expired, used up, for other e-mail domains, or for a domain the
+    user's address is at but not confirmed yet, with a link to confirm it (400)."""
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path(), reverse("signup"))
     context: dict[str, object] = {}
@@ -59,5 +60,7 @@ def join_invite(request: HttpRequest, code: str) -> HttpResponse:
     except cohorts.InviteNotFound as error:
         return render(request, "course/join_invite.html", {"error": str(error)}, status=404)
     except cohorts.EnrolmentError as error:
+        if str(error) == verification.VERIFY_FIRST:
+            context["verify_url"] = accounts.verify_url(request.path)
         return render(request, "course/join_invite.html", {**context, "error": str(error)}, status=400)
     return render(request, "course/join_invite.html", context)

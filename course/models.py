@@ -184,3 +184,18 @@ class LessonUnlock(models.Model):
 
     def __str__(self) -> str:
         return f"{self.lesson_slug} opens {self.unlocks_at:%Y-%m-%d %H:%M} for {self.cohort}"
+
+
+# -- accounts ---------------------------------------------------------------------------------
+
+
+class VerifiedEmail(models.Model):
+    """The last address the user proved to read, by following the link mailed to it. It counts
+    only while it is still the account's address (`course.verification.is_verified`)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="verified_email")
+    email = models.EmailField(max_length=254)
+    verified_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.email} verified {self.verified_at:%Y-%m-%d %H:%M}"

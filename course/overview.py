@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import F
 from django.http import Http404
 from django.utils import timezone
 from django.utils.formats import date_format
@@ -44,12 +45,17 @@ PROGRESS_COLUMNS = (
 
 
 def get_cohort_lab(cohort: Cohort, lab_id: str | uuid.UUID) -> Lab:
-    """A lab of a learner enrolled in `cohort`; Http404 for any other lab."""
+    """A lab a learner of `cohort` launched since joining it (as `cohorts.may_watch` has it);
+    Http404 for any other lab."""
     try:
         pk = uuid.UUID(str(lab_id))
     except ValueError as exc:
         raise Http404("No such lab") from exc
-    lab = Lab.objects.select_related("owner").filter(pk=pk, owner__enrolments__cohort=cohort).first()
+    lab = (
+        Lab.objects.select_related("owner")
+        .filter(pk=pk, owner__enrolments__cohort=cohort, created_at__gte=F("owner__enrolments__joined_at"))
+        .first()
+    )
     if lab is None:
         raise Http404("No such lab")
     return lab
@@ -81,9 +87,13 @@ def lab_message(lab: Lab) -> dict[str, Any]:
 
 
 def running_labs(cohort: Cohort) -> list[Lab]:
-    """The live labs of the cohort's learners, oldest first."""
+    """The live labs the cohort's learners launched since joining it, oldest first."""
     return list(
-        Lab.objects.filter(owner__enrolments__cohort=cohort, state__in=Lab.LIVE_STATES)
+        Lab.objects.filter(
+            owner__enrolments__cohort=cohort,
+            created_at__gte=F("owner__enrolments__joined_at"),
+            state__in=Lab.LIVE_STATES,
+        )
         .select_related("owner")
         .order_by("created_at")
     )

@@ -1,5 +1,5 @@
-"""The course's side of the runtime's announcements: a lab changed state, an objective changed
-status. Each becomes a small message to the groups of the cohorts the lab's owner is enrolled in,
+"""The course's side of the runtime's announcements: a lab changed state, an objective was met
+for the first time. Each becomes a small message to the groups of the cohorts the lab's owner is enrolled in,
 which their instructors' dashboards follow (course.consumers.DashboardConsumer). It carries the
 learner's matrix cell for that lesson as it is now, so a page never re-derives a lesson's status.
 
@@ -55,8 +55,8 @@ def on_lab_state_changed(sender: object, *, lab_id: str, owner_id: int, state: s
         logger.exception("lab %s: could not tell the cohort dashboards it is %s", str(lab_id)[:12], state)
 
 
-def on_objective_status_changed(
-    sender: object, *, lab_id: str, owner_id: int, lesson_slug: str, key: str, status: str, **fields: Any
+def on_objective_first_met(
+    sender: object, *, lab_id: str, owner_id: int, lesson_slug: str, key: str, **fields: Any
 ) -> None:
     try:
         cohort_ids = cohorts_following(owner_id)
@@ -69,16 +69,16 @@ def on_objective_status_changed(
             "learner": owner_id,
             "lesson": lesson_slug,
             "key": key,
-            "status": status,
+            "status": "met",
             "cell": learner_cell(owner, lesson_slug),
         }
         publish_to_cohorts(cohort_ids, message)
     except Exception:
-        logger.exception("lab %s: could not tell the dashboards objective %s is %s", str(lab_id)[:12], key, status)
+        logger.exception("lab %s: could not tell the dashboards objective %s is met", str(lab_id)[:12], key)
 
 
 def connect() -> None:
-    from sandbox.signals import lab_state_changed, objective_status_changed
+    from sandbox.signals import lab_state_changed, objective_first_met
 
     lab_state_changed.connect(on_lab_state_changed, dispatch_uid="course.dashboard.lab")
-    objective_status_changed.connect(on_objective_status_changed, dispatch_uid="course.dashboard.objective")
+    objective_first_met.connect(on_objective_first_met, dispatch_uid="course.dashboard.objective")

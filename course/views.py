@@ -127,12 +127,18 @@ def launch_lab(request: HttpRequest, slug: str) -> JsonResponse:
         cohorts.require_open(request.user, lesson.slug)
     except cohorts.LessonLocked as locked:
         return JsonResponse({"error": str(locked)}, status=403)
-    existing = Lab.objects.filter(owner=request.user, lesson_slug=lesson.slug, state__in=Lab.LIVE_STATES).first()
+    live = Lab.objects.filter(owner=request.user, lesson_slug=lesson.slug, state__in=Lab.LIVE_STATES)
+    existing = live.first()
     if existing is not None:
         return JsonResponse(lab_payload(existing), status=200)
     try:
         with transaction.atomic():
             cohorts.lock_cohorts(request.user)
+            # Looked up again under the lock: of a double click, the second gets the first's lab
+            # (not a quota refusal for the lab it just launched).
+            existing = live.first()
+            if existing is not None:
+                return JsonResponse(lab_payload(existing), status=200)
             cohorts.check_launch_quotas(request.user)
             lab, created = lifecycle.request_lab(request.user, lesson.lab_slug, lesson.slug)
     except cohorts.QuotaExceeded as refused:

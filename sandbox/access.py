@@ -3,7 +3,7 @@ found".
 
 Who may watch another person's lab is a policy the course sets (its cohorts: an instructor
 watches the labs of their own cohorts' learners), registered at start-up with
-`set_watch_policy`, so this module never imports the course. Without one, any instructor may."""
+`set_watch_policy`, so this module never imports the course. Without one, only staff may."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ def is_instructor(user: AbstractBaseUser | AnonymousUser) -> bool:
 WatchPolicy = Callable[[AbstractBaseUser | AnonymousUser, Lab], bool]
 
 
-def _any_instructor(user: AbstractBaseUser | AnonymousUser, lab: Lab) -> bool:
-    return is_instructor(user)
+def _staff_only(user: AbstractBaseUser | AnonymousUser, lab: Lab) -> bool:
+    return bool(user.is_authenticated and user.is_staff)
 
 
-_watch_policy: WatchPolicy = _any_instructor
+_watch_policy: WatchPolicy = _staff_only
 
 
 def set_watch_policy(policy: WatchPolicy) -> None:

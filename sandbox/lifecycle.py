@@ -144,6 +144,7 @@ def request_lab(owner: AbstractBaseUser, lab_slug: str, lesson_slug: str) -> tup
         return live.get(), False
     logger.info("lab %s: requested by user %s for %s", lab.short_id, owner.pk, lab_slug)
     _after_commit("provision_lab", str(lab.id))
+    announce(lab_state_changed, lab_id=str(lab.id), owner_id=owner.pk, lesson_slug=lesson_slug, state=State.REQUESTED)
     return lab, True
 
 
@@ -483,7 +484,11 @@ def restart_node(lab_id: str, node: str, engine_factory: EngineFactory | None = 
 def reset_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> None:
     """Put a ready lab back to its start: fresh containers from the spec, objectives pending
     again (progress already earned stays), a new time-to-live."""
-    if not _move(lab_id, [State.READY], State.REQUESTED):
+    ran = Lab.objects.filter(pk=lab_id, state=State.READY).values_list("ready_at", flat=True).first()
+    # The time run so far is kept (lab hours are a quota), and ready_at is set anew at ready.
+    ran_seconds = (timezone.now() - ran).total_seconds() if ran else 0.0
+    earlier = F("earlier_run_seconds") + ran_seconds
+    if not _move(lab_id, [State.READY], State.REQUESTED, ready_at=None, earlier_run_seconds=earlier):
         return
     lab = Lab.objects.get(pk=lab_id)
     timeline.record(lab.pk, LabEvent.Kind.CONTROL, "Reset: the lab starts again from scratch")

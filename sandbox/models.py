@@ -37,6 +37,9 @@ class Lab(models.Model):
     )
     hints_shown = models.PositiveSmallIntegerField(default=0)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    earlier_run_seconds = models.FloatField(
+        default=0, help_text="Time it ran before its last reset: with ready_at..stopped_at, its whole running time."
+    )
     expires_at = models.DateTimeField(null=True, blank=True)
     last_active_at = models.DateTimeField(
         null=True, blank=True, help_text="The learner's last action, keystroke or 'still here'."

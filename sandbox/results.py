@@ -15,7 +15,7 @@ from . import timeline
 from .live import publish
 from .models import Lab, LabEvent, ObjectiveResult
 from .payloads import objective_payload
-from .signals import announce, objective_status_changed
+from .signals import announce, objective_first_met
 from .specs import ObjectiveSpec
 
 logger = logging.getLogger(__name__)
@@ -42,22 +42,25 @@ def record_result(
         results = results.exclude(status=ObjectiveResult.Status.MET)
     if status_changed:
         fields: dict[str, Any] = {"status": status, "reason": reason, "updated_at": timezone.now()}
+        first_met = False
         if status == ObjectiveResult.Status.MET:
             fields["first_met_at"] = Coalesce(F("first_met_at"), Value(timezone.now(), output_field=DateTimeField()))
+            first_met = results.filter(first_met_at__isnull=True).exists()
         if not results.update(**fields):
             return False
         logger.info("lab %s: objective %s %s: %s", str(lab_id)[:12], objective.key, status, reason)
         if status != ObjectiveResult.Status.PENDING:
             timeline.record(lab_id, LabEvent.Kind.OBJECTIVE, f"{objective.title}: {status} ({reason})")
-        owner = Lab.objects.filter(pk=lab_id).values_list("owner_id", "lesson_slug").first()
+        # Progress changes only when an objective is met for the first time: a check flapping
+        # between met and failing tells the dashboards nothing new, and sends nothing.
+        owner = Lab.objects.filter(pk=lab_id).values_list("owner_id", "lesson_slug").first() if first_met else None
         if owner is not None:
             announce(
-                objective_status_changed,
+                objective_first_met,
                 lab_id=str(lab_id),
                 owner_id=owner[0],
                 lesson_slug=owner[1],
                 key=objective.key,
-                status=status,
             )
     elif objective.is_question:
         # A question's reason is the learner's last answer: kept, so a reload shows it.

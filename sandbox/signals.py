@@ -1,9 +1,10 @@
-"""What the runtime announces to the rest of the project: a lab changed state, an objective
-changed status. The course follows them (its dashboards) without the runtime knowing the course.
+"""What the runtime announces to the rest of the project: a lab changed state, an objective was
+met for the first time (the learner's progress). The course follows them (its dashboards)
+without the runtime knowing the course.
 
 Sent with `send_robust` after the change is saved: a receiver that fails is logged and never
 undoes or stops the runtime's work. Keyword arguments: `lab_id` (str), `owner_id`,
-`lesson_slug`, and `state`, or `key` and `status`.
+`lesson_slug`, and `state` or `key`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from django.dispatch import Signal
 logger = logging.getLogger(__name__)
 
 lab_state_changed = Signal()
-objective_status_changed = Signal()
+objective_first_met = Signal()
 
 
 def announce(signal: Signal, **fields: Any) -> None:

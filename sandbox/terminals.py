@@ -46,9 +46,10 @@ JOIN_TIMEOUT = 5.0
 
 
 def terminal_lab(user: AbstractBaseUser | AnonymousUser, lab_id: str, node: str) -> Lab:
-    """The lab on whose `node` the user may open a terminal: theirs (or any, for an instructor),
-    ready, and with such a node in its spec. Raises Http404 otherwise."""
-    lab = get_lab_for_user(user, lab_id)
+    """The lab on whose `node` the user may open a terminal: their own (a shell writes, so
+    watching a lab is not enough), ready, and with such a node in its spec. Raises Http404
+    otherwise."""
+    lab = get_lab_for_user(user, lab_id, write=True)
     if lab.state != Lab.State.READY:
         raise Http404("The lab is not ready")
     try:

@@ -21,6 +21,19 @@ def env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_int_or_none(name: str, default: int | None) -> int | None:
+    """A whole number from the environment; set but empty means none (no limit)."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise RuntimeError(f"{name} must be a whole number or empty, not {value!r}") from None
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -118,6 +131,10 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", 
 # Lab launches a user may request, in django-ratelimit's notation ("10/m", "100/h"), counted in
 # the cache above (shared by every web process).
 LAUNCH_RATE_LIMIT = os.environ.get("STACKLAB_LAUNCH_RATE", "10/m")
+# Labs running at once: in all (the engine's capacity), and per learner outside any cohort (cohorts
+# set their own quotas). Empty: no limit.
+MAX_LABS_RUNNING = env_int_or_none("STACKLAB_MAX_LABS_RUNNING", 40)
+MAX_LABS_PER_LEARNER = env_int_or_none("STACKLAB_MAX_LABS_PER_LEARNER", 2)
 # django-ratelimit lists Django's own Redis cache as "not officially supported": it is shared
 # and its incr is atomic (INCR), which is all the counter needs.
 SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
@@ -147,7 +164,8 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "course:index"
 LOGOUT_REDIRECT_URL = "login"
 
-# E-mail (password reset): printed on the console for a newcomer; SMTP once EMAIL_HOST is set.
+# E-mail (password reset, address confirmation): printed on the console for a newcomer; SMTP once
+# EMAIL_HOST is set.
 # An explicit EMAIL_BACKEND wins either way. Under pytest, Django swaps in its in-memory outbox.
 _email_host = os.environ.get("EMAIL_HOST", "")
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or (
@@ -165,6 +183,9 @@ if EMAIL_USE_SSL and EMAIL_USE_TLS:
     raise RuntimeError("EMAIL_USE_TLS and EMAIL_USE_SSL exclude each other: set only one")
 EMAIL_TIMEOUT = int(os.environ.get("EMAIL_TIMEOUT", "10"))
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Stacklab <noreply@localhost>")
+# Days a link that verifies an e-mail address works (only invites limited to e-mail domains ask
+# for a verified address).
+EMAIL_VERIFICATION_DAYS = int(os.environ.get("STACKLAB_EMAIL_VERIFICATION_DAYS", "3"))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.utils import timezone
 
 from course.models import Cohort, Course, Enrolment
 from sandbox.access import INSTRUCTORS_GROUP
@@ -56,6 +58,9 @@ def teach_cohort(instructor: User, learners: Iterable[User | int], name: str = "
     cohort.instructors.add(instructor)
     for learner in learners:
         Enrolment.objects.create(cohort=cohort, learner_id=getattr(learner, "pk", learner))
+    # Enrolled since yesterday: their labs made by the test (launched "since joining") are the
+    # cohort's to watch.
+    cohort.enrolments.update(joined_at=timezone.now() - timedelta(days=1))
     return cohort
 
 

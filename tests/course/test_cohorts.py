@@ -12,8 +12,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from course import cohorts
+from course import cohorts, verification
 from course.models import Cohort, Course, Enrolment, Invite, LessonUnlock
+from sandbox import lifecycle
 from sandbox.models import Lab
 
 pytestmark = pytest.mark.usefixtures("course_content")
@@ -92,6 +93,7 @@ def test_an_invite_for_some_domains_checks_the_email(cohort: Cohort) -> None:
     with pytest.raises(cohorts.EnrolmentError, match="for e-mail addresses at @school.example, @uni.example"):
         cohorts.enrol_with_invite(outsider, invite.code)
     insider = User.objects.create_user("in", email="In@UNI.example")
+    verification.mark_verified(insider)  # an unconfirmed address is refused: tests/course/test_verification.py
     assert cohorts.enrol_with_invite(insider, invite.code).cohort == cohort
 
 
@@ -193,6 +195,7 @@ def test_lab_hours_used_up_refuse_a_launch(cohort: Cohort) -> None:
     running_lab(ada, state=Lab.State.STOPPED, ready_at=now - timedelta(hours=3), stopped_at=now - timedelta(hours=1))
     refused = launch(ada, OTHER_LESSON)
     assert refused.status_code == 409
+    assert not Lab.objects.filter(owner=ada, lesson_slug=OTHER_LESSON).exists()
     assert refused.json()["quota"] == "lab_hours"
     assert refused.json()["error"] == (
         "You have used 2.0 of your 2.0 lab hours in Spring cohort. They do not renew: ask your instructor for more."
@@ -209,11 +212,45 @@ def test_labs_before_joining_do_not_count_against_the_hours(cohort: Cohort, djan
         assert launch(ada).status_code == 201
 
 
-def test_a_learner_without_a_cohort_has_no_quota(learner: User, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001
+def test_a_learner_without_a_cohort_gets_the_installations_limit(
+    learner: User, settings, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001
+    settings.MAX_LABS_PER_LEARNER = 2
     running_lab(learner)
     with django_capture_on_commit_callbacks(execute=False) as queued:
         assert launch(learner, OTHER_LESSON).status_code == 201
     assert len(queued) == 1
+    Lab.objects.filter(owner=learner).update(state=Lab.State.READY)
+    running_lab(learner, lesson="another-lesson")
+    Lab.objects.filter(owner=learner, lesson_slug=OTHER_LESSON).delete()
+    with django_capture_on_commit_callbacks() as queued:
+        refused = launch(learner, OTHER_LESSON)
+    assert refused.status_code == 409
+    assert refused.json()["quota"] == "labs_per_learner"
+    assert "the most a learner outside a cohort may have at once (2)" in refused.json()["error"]
+    assert queued == []
+
+
+def test_the_installation_caps_running_labs_for_everyone(
+    cohort: Cohort, make_user, settings, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001
+    settings.MAX_LABS_RUNNING = 1
+    running_lab(make_user("grace"), expires_at=timezone.now() + timedelta(minutes=7))
+    ada = learner_in(cohort, "ada")
+    with django_capture_on_commit_callbacks() as queued:
+        refused = launch(ada)
+    assert refused.status_code == 409
+    assert refused.json()["quota"] == "site_labs_running"
+    assert refused.json()["error"].startswith("Stacklab is running as many labs as it can at once (1).")
+    assert "The next frees at " in refused.json()["error"]
+    assert not Lab.objects.filter(owner=ada).exists() and queued == []
+
+
+def test_a_cohort_that_allows_no_labs_says_so(cohort: Cohort) -> None:
+    Cohort.objects.filter(pk=cohort.pk).update(max_labs_per_learner=0)
+    refused = launch(learner_in(cohort, "ada"))
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "Spring cohort allows no labs at the moment: ask your instructor."
 
 
 def test_launches_are_rate_limited_per_user(learner: User, settings, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001
@@ -244,3 +281,37 @@ def test_an_instructor_watches_only_the_labs_of_their_cohorts(cohort: Cohort, ma
     assert logged_in(stranger).get(f"/api/labs/{lab.id}/").status_code == 404
     # Watching is read-only: the instructor cannot stop or break it through the learner's API.
     assert logged_in(teacher).post(f"/api/labs/{lab.id}/stop").status_code == 404
+
+
+def test_a_reset_does_not_give_back_the_hours_a_lab_ran(cohort: Cohort, fake_engine) -> None:  # noqa: ANN001
+    ada = learner_in(cohort, "ada")
+    lab = running_lab(ada, ready_at=timezone.now() - timedelta(hours=3))
+    lifecycle.reset_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.READY and lab.ready_at > timezone.now() - timedelta(minutes=1)
+    assert cohorts.lab_hours(Lab.objects.filter(pk=lab.pk)) == Decimal("3.0")
+
+
+def test_an_instructor_does_not_watch_labs_from_before_the_learner_joined(cohort: Cohort) -> None:
+    ada = User.objects.create_user("ada")
+    earlier = running_lab(ada)
+    Enrolment.objects.create(cohort=cohort, learner=ada)
+    later = running_lab(ada, lesson=OTHER_LESSON)
+    teacher = logged_in(cohort.instructors.get())
+    assert teacher.get(f"/api/labs/{earlier.id}/").status_code == 404
+    assert teacher.get(f"/api/labs/{later.id}/").status_code == 200
+
+
+def test_watching_instructors_and_staff_get_no_terminal(cohort: Cohort) -> None:
+    # A shell writes to the lab: the dashboard's Watch view is read-only, and so is the server.
+    from django.http import Http404
+
+    from sandbox.terminals import terminal_lab
+
+    ada = learner_in(cohort, "ada")
+    Enrolment.objects.filter(learner=ada).update(joined_at=timezone.now() - timedelta(days=1))
+    lab = running_lab(ada)
+    assert terminal_lab(ada, str(lab.id), "lb") == lab
+    for watcher in (cohort.instructors.get(), User.objects.create_user("root", is_staff=True)):
+        with pytest.raises(Http404):
+            terminal_lab(watcher, str(lab.id), "lb")

@@ -5,11 +5,13 @@ unknown, and from a link followed by someone with no account yet."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
+from django.core import mail
 from django.http import HttpResponse
 from django.test import Client
 from django.utils import timezone
@@ -169,6 +171,8 @@ def test_an_anonymous_visitor_signs_up_first_then_joins(cohort: Cohort) -> None:
     data = {"username": "ada", "email": "ada@uni.example", "password1": PASSWORD, "password2": PASSWORD}
     signed_up = client.post(response["Location"], data)
     assert signed_up["Location"] == link
+    confirm = re.search(r"http://testserver(/accounts/verify/\S+)", mail.outbox[0].body)
+    assert confirm is not None and client.get(confirm.group(1))["Location"] == link  # the address is confirmed
     assert "Join Spring cohort" in client.get(link).content.decode()
     assert client.post(link)["Location"] == "/"
     assert Enrolment.objects.get().learner.username == "ada"

@@ -158,7 +158,9 @@ def test_time_in_labs_and_the_hours_each_cohort_allows(learner: User) -> None:
     Enrolment.objects.filter(learner=learner).update(joined_at=timezone.now() - timedelta(hours=3))
     finished_lab(learner, LB, LB_LAB, hours=1.5)  # in the cohort's time
     old = finished_lab(learner, CACHE, CACHE_LAB, hours=1)  # before joining: counts in the total only
-    Lab.objects.filter(pk=old.pk).update(ready_at=old.ready_at - timedelta(days=2))
+    Lab.objects.filter(pk=old.pk).update(
+        ready_at=old.ready_at - timedelta(days=2), created_at=old.ready_at - timedelta(days=2)
+    )
     Lab.objects.filter(pk=old.pk).update(stopped_at=old.ready_at - timedelta(days=2) + timedelta(hours=1))
     text = text_of(page_of(learner))
     assert "Time in labs: 2 h 30 min" in text

@@ -17,7 +17,7 @@ from django.http import HttpResponse
 from django.test import Client
 from django.utils import timezone
 
-from course import cohorts
+from course import cohorts, verification
 from course.models import Cohort, Course, Enrolment, Invite, LessonUnlock
 
 pytestmark = pytest.mark.usefixtures("course_content")
@@ -252,6 +252,7 @@ def test_an_instructor_creates_an_invite_that_enrols_learners(cohort: Cohort, te
     )
     assert invite.expires_at == timezone.localtime(expires).replace(second=0, microsecond=0)
     ada = User.objects.create_user("ada", email="ada@school.example")
+    verification.mark_verified(ada)
     assert logged_in(ada).post(f"/join/{invite.code}/").status_code == 302
     assert Enrolment.objects.get(learner=ada).cohort == cohort
 

@@ -172,3 +172,31 @@ async def test_foreign_origin_is_refused() -> None:
     connected, _ = await communicator.connect()
     assert not connected
     await communicator.disconnect()
+
+
+async def test_an_instructor_of_another_cohort_is_refused() -> None:
+    _, lab = await setup_lab()
+
+    @database_sync_to_async
+    def other_cohorts_instructor() -> User:
+        from django.contrib.auth.models import Group
+
+        user = User.objects.create_user(username="other-teacher", password="pw")
+        user.groups.add(Group.objects.get_or_create(name="instructors")[0])
+        teach_cohort(user, [User.objects.create_user(username="their-learner", password="pw")])
+        return user
+
+    communicator, connected, code = await connect(await other_cohorts_instructor(), lab)
+    assert (connected, code) == (False, 4404)
+    await communicator.disconnect()
+
+
+async def test_a_foreign_origin_is_refused_on_every_socket() -> None:
+    user, lab = await setup_lab()
+    headers = [(name, value) for name, value in await database_sync_to_async(headers_for)(user) if name != b"origin"]
+    headers.append((b"origin", b"https://evil.example"))
+    for path in (f"/ws/labs/{lab.id}/", "/ws/cohorts/1/", f"/ws/labs/{lab.id}/terminals/lb/"):
+        communicator = WebsocketCommunicator(application, path, headers=headers)
+        connected, _ = await communicator.connect()
+        assert not connected, path
+        await communicator.disconnect()
