@@ -18,6 +18,7 @@ from django.http import Http404
 from django.utils import timezone
 from django.utils.formats import date_format
 
+from sandbox import lifecycle
 from sandbox.access import INSTRUCTORS_GROUP, is_instructor
 from sandbox.models import Lab
 
@@ -53,7 +54,9 @@ class QuotaExceeded(Exception):
 
 
 def _local(moment: datetime) -> str:
-    return date_format(timezone.localtime(moment), "DATETIME_FORMAT")
+    """A moment as the site's clock shows it, with the zone's name (learners may be elsewhere)."""
+    local = timezone.localtime(moment)
+    return f"{date_format(local, 'DATETIME_FORMAT')} {local.tzname()}"
 
 
 # -- invites and enrolment ------------------------------------------------------------------
@@ -357,6 +360,32 @@ def check_launch_quotas(user: AbstractBaseUser, now: datetime | None = None) -> 
                     f"You have used {used:.1f} of your {cohort.lab_hours_per_learner:.1f} lab hours in {cohort.name}."
                     " They do not renew: ask your instructor for more.",
                 )
+
+
+def stop_labs_over_hours(now: datetime | None = None) -> int:
+    """Stop the running labs of learners who have used up a cohort's lab hours (a launch checks
+    the hours, but a running lab can be extended past them). Returns how many were stopped."""
+    now = now or timezone.now()
+    stopped = 0
+    live = Lab.objects.filter(state__in=Lab.LIVE_STATES)
+    enrolments = (
+        Enrolment.objects.filter(cohort__lab_hours_per_learner__isnull=False, learner__labs__in=live)
+        .select_related("cohort")
+        .distinct()
+    )
+    for enrolment in enrolments:
+        quota = enrolment.cohort.lab_hours_per_learner
+        assert quota is not None
+        if hours_used(enrolment, now) < quota:
+            continue
+        reason = f"Your {quota:.1f} lab hours in {enrolment.cohort.name} are used up: ask your instructor for more."
+        for lab in live.filter(owner_id=enrolment.learner_id):
+            try:
+                lifecycle.request_stop(lab, reason=reason)
+                stopped += 1
+            except lifecycle.LabError:
+                pass  # it ended meanwhile
+    return stopped
 
 
 def lock_cohorts(user: AbstractBaseUser) -> None:

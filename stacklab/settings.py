@@ -152,6 +152,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(RUN_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "reap-labs": {"task": "sandbox.tasks.reap_labs", "schedule": 30.0},
     "reconcile-labs": {"task": "sandbox.tasks.reconcile_labs", "schedule": 60.0},
+    "stop-labs-over-hours": {"task": "course.tasks.stop_labs_over_hours", "schedule": 60.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from django.contrib.auth.models import User
@@ -14,6 +15,7 @@ from django.utils import timezone
 
 from course import cohorts, verification
 from course.models import Cohort, Course, Enrolment, Invite, LessonUnlock
+from course.tasks import stop_labs_over_hours
 from sandbox import lifecycle
 from sandbox.models import Lab
 
@@ -315,3 +317,21 @@ def test_watching_instructors_and_staff_get_no_terminal(cohort: Cohort) -> None:
     for watcher in (cohort.instructors.get(), User.objects.create_user("root", is_staff=True)):
         with pytest.raises(Http404):
             terminal_lab(watcher, str(lab.id), "lb")
+
+
+def test_a_running_lab_is_stopped_once_the_learners_hours_are_used_up(
+    cohort: Cohort, django_capture_on_commit_callbacks
+) -> None:  # noqa: ANN001
+    Cohort.objects.filter(pk=cohort.pk).update(lab_hours_per_learner=Decimal("1.0"))
+    ada, grace = learner_in(cohort, "ada"), learner_in(cohort, "grace")
+    Enrolment.objects.update(joined_at=timezone.now() - timedelta(days=1))
+    over = running_lab(ada, ready_at=timezone.now() - timedelta(hours=1, minutes=5))
+    within = running_lab(grace, ready_at=timezone.now() - timedelta(minutes=30))
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        assert stop_labs_over_hours() == 1
+    assert len(queued) == 1
+    with mock.patch("sandbox.tasks.stop_lab.delay") as stop:
+        queued[0]()
+    reason = "Your 1.0 lab hours in Spring cohort are used up: ask your instructor for more."
+    stop.assert_called_once_with(str(over.id), reason)
+    assert within.state == Lab.State.READY
