@@ -17,7 +17,7 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -608,14 +608,15 @@ class Engine:
 
     # -- streams ----------------------------------------------------------------------------
 
-    def events(self, since: float | None = None) -> EventStream:
-        """Container events of this instance's labs; blocks until `close()` from another thread."""
+    def events(self, since: float | None = None, actions: Iterable[str] | None = None) -> EventStream:
+        """Container events of this instance's labs, only `actions` if given (an action with a
+        colon, like "health_status: healthy", is asked for by its part before the colon); blocks
+        until `close()` from another thread."""
+        filters: dict[str, list[str]] = {"type": ["container"], **self._filters()}
+        if actions is not None:
+            filters["event"] = sorted({action.partition(":")[0].strip() for action in actions})
         try:
-            stream = self.client.events(
-                decode=True,
-                since=int(since) if since else None,
-                filters={"type": "container", **self._filters()},
-            )
+            stream = self.client.events(decode=True, since=int(since) if since else None, filters=filters)
         except docker.errors.DockerException as exc:
             raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
         return EventStream(stream)

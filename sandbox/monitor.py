@@ -29,7 +29,7 @@ from .engine import Engine, EngineError, NodeEvent
 from .lifecycle import connect_engine, reconcile_labs, sync_nodes
 from .live import publish, remember_metrics
 from .models import Lab, LabEvent, Node, ObjectiveResult
-from .nodestates import NOT_SERVING, state_from_event, state_from_status
+from .nodestates import EVENT_STATES, NOT_SERVING, state_from_event, state_from_status
 from .objectives import Sample, judge
 from .payloads import node_payload
 from .results import record_result
@@ -201,7 +201,9 @@ class Monitor:
         while not self.stopping.is_set():
             try:
                 engine = self.engine_factory()
-                self._events_stream = engine.events(since=since)
+                # Only the events that move a node: health checks and probes are execs, and their
+                # exec_* events (several a second per lab) would queue ahead of a kill.
+                self._events_stream = engine.events(since=since, actions=EVENT_STATES)
                 if self.stopping.is_set():
                     # stop() came while we connected and closed the previous stream, not this one.
                     self._events_stream.close()
