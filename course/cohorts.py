@@ -301,6 +301,18 @@ def _earliest_expiry(labs: QuerySet[Lab]) -> datetime | None:
     return labs.exclude(expires_at=None).order_by("expires_at").values_list("expires_at", flat=True).first()
 
 
+def _when_yours_frees(mine: QuerySet[Lab]) -> str:
+    """When a learner at their own limit gets a slot back: by stopping one, or as one expires."""
+    expiry = _earliest_expiry(mine)
+    return f" One frees when you stop a lab{f', or at {_local(expiry)} at the latest' if expiry else ''}."
+
+
+def _when_one_frees(labs: QuerySet[Lab]) -> str:
+    """When a shared limit (a cohort's, the installation's) gets a slot back, at the latest."""
+    expiry = _earliest_expiry(labs)
+    return f" The next frees at {_local(expiry)} at the latest." if expiry else " Try again in a few minutes."
+
+
 def check_launch_quotas(user: AbstractBaseUser, now: datetime | None = None) -> None:
     """Refuse a new lab over any quota of any of the learner's cohorts (QuotaExceeded says which,
     and when it frees). Call it in the transaction that creates the lab, after `lock_cohorts`."""
@@ -308,8 +320,7 @@ def check_launch_quotas(user: AbstractBaseUser, now: datetime | None = None) -> 
     running = Lab.objects.filter(state__in=Lab.LIVE_STATES)
     site_cap = settings.MAX_LABS_RUNNING
     if site_cap is not None and running.count() >= site_cap:
-        expiry = _earliest_expiry(running)
-        frees = f" The next frees at {_local(expiry)} at the latest." if expiry else " Try again in a few minutes."
+        frees = _when_one_frees(running)
         raise QuotaExceeded(
             "site_labs_running", "", f"Stacklab is running as many labs as it can at once ({site_cap}).{frees}"
         )
@@ -318,8 +329,7 @@ def check_launch_quotas(user: AbstractBaseUser, now: datetime | None = None) -> 
     alone_cap = settings.MAX_LABS_PER_LEARNER
     if not enrolments and alone_cap is not None and mine.count() >= alone_cap:
         # A learner in no cohort (open sign-up) gets the installation's own limit.
-        expiry = _earliest_expiry(mine)
-        frees = f" One frees when you stop a lab{f', or at {_local(expiry)} at the latest' if expiry else ''}."
+        frees = _when_yours_frees(mine)
         raise QuotaExceeded(
             "labs_per_learner",
             "",
@@ -333,8 +343,7 @@ def check_launch_quotas(user: AbstractBaseUser, now: datetime | None = None) -> 
                 "labs_per_learner", cohort.name, f"{cohort.name} allows no labs at the moment: ask your instructor."
             )
         if cohort.max_labs_per_learner is not None and mine.count() >= cohort.max_labs_per_learner:
-            expiry = _earliest_expiry(mine)
-            frees = f" One frees when you stop a lab{f', or at {_local(expiry)} at the latest' if expiry else ''}."
+            frees = _when_yours_frees(mine)
             raise QuotaExceeded(
                 "labs_per_learner",
                 cohort.name,
@@ -343,8 +352,7 @@ def check_launch_quotas(user: AbstractBaseUser, now: datetime | None = None) -> 
             )
         members = running.filter(owner__enrolments__cohort=cohort)
         if cohort.max_labs_running is not None and members.count() >= cohort.max_labs_running:
-            expiry = _earliest_expiry(members)
-            frees = f" The next frees at {_local(expiry)} at the latest." if expiry else " Try again in a few minutes."
+            frees = _when_one_frees(members)
             raise QuotaExceeded(
                 "labs_running",
                 cohort.name,
