@@ -128,14 +128,11 @@ def launch_lab(request: HttpRequest, slug: str) -> JsonResponse:
     except cohorts.LessonLocked as locked:
         return JsonResponse({"error": str(locked)}, status=403)
     live = Lab.objects.filter(owner=request.user, lesson_slug=lesson.slug, state__in=Lab.LIVE_STATES)
-    existing = live.first()
-    if existing is not None:
-        return JsonResponse(lab_payload(existing), status=200)
     try:
         with transaction.atomic():
             cohorts.lock_cohorts(request.user)
-            # Looked up again under the lock: of a double click, the second gets the first's lab
-            # (not a quota refusal for the lab it just launched).
+            # The running lab, if any, before the quotas and under the lock: of a double click,
+            # the second gets the first's lab (not a quota refusal for the lab it just launched).
             existing = live.first()
             if existing is not None:
                 return JsonResponse(lab_payload(existing), status=200)

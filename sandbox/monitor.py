@@ -62,7 +62,8 @@ class LabWatch:
     ready_at: datetime | None = None  # a reset makes a new ready lab under the same id
     samples: deque[Sample] = field(default_factory=deque)
     verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)
-    streaks: dict[str, int] = field(default_factory=dict)  # consecutive passing runs per probe check
+    # Per probe check: passing runs in a row (positive) or failing runs in a row (negative).
+    streaks: dict[str, int] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     checker: threading.Thread | None = None
