@@ -46,11 +46,18 @@ class CohortForm(forms.ModelForm):
         labels = {"name": "Name"}
 
 
+# The most a PositiveIntegerField holds on every database Stacklab runs on (PostgreSQL's
+# `integer`); forms bound their whole numbers by it, so a larger one is a form error, not a 500.
+COLUMN_MAX = 2**31 - 1
+
+
 class InviteForm(forms.Form):
     expires_at = forms.DateTimeField(
         required=False, label="Expires", widget=_datetime_input(), help_text="Empty: never expires."
     )
-    max_uses = forms.IntegerField(required=False, min_value=1, label="Uses allowed", help_text="Empty: no limit.")
+    max_uses = forms.IntegerField(
+        required=False, min_value=1, max_value=COLUMN_MAX, label="Uses allowed", help_text="Empty: no limit."
+    )
     allowed_domains = forms.CharField(
         required=False,
         max_length=500,
@@ -103,6 +110,20 @@ class ScheduleForm(forms.Form):
 
 
 class QuotaForm(forms.ModelForm):
+    max_labs_per_learner = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=COLUMN_MAX,
+        label="Labs per learner at once",
+        help_text="Empty: no limit.",
+    )
+    max_labs_running = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=COLUMN_MAX,
+        label="Labs in the cohort at once",
+        help_text="All its learners' running labs together. Empty: no limit.",
+    )
     lab_hours_per_learner = forms.DecimalField(
         required=False,
         min_value=Decimal("0"),
@@ -115,11 +136,6 @@ class QuotaForm(forms.ModelForm):
     class Meta:
         model = Cohort
         fields = ["max_labs_per_learner", "max_labs_running", "lab_hours_per_learner"]
-        labels = {"max_labs_per_learner": "Labs per learner at once", "max_labs_running": "Labs in the cohort at once"}
-        help_texts = {
-            "max_labs_per_learner": "Empty: no limit.",
-            "max_labs_running": "All its learners' running labs together. Empty: no limit.",
-        }
 
 
 def teacher_required(view: View) -> View:

@@ -22,9 +22,9 @@ from .live import lab_group
 from .messages import BadMessage, parse_message
 from .models import Lab
 from .payloads import snapshot_payload
+from .sockets import CLOSE_NOT_FOUND
 
 CLOSE_UNAUTHENTICATED = 4401
-CLOSE_NOT_FOUND = 4404
 
 
 class LiveConsumer(AsyncWebsocketConsumer):

@@ -11,20 +11,25 @@ import concurrent.futures
 import hashlib
 import io
 import ipaddress
+import json
 import logging
 import secrets
+import shlex
 import socket
 import tarfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import CancellableStream
+from docker.types import CancellableStream, Ulimit
+
+from sandbox.specs import is_inside
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +38,37 @@ LABEL_LAB = "stacklab.lab"
 LABEL_OWNER = "stacklab.owner"
 LABEL_NODE = "stacklab.node"
 LABEL_GROUP = "stacklab.group"
+# Each lab's bridge on the host is named LAB_BRIDGE_PREFIX + its short id (12 hex: 15 characters,
+# the kernel's limit), so the host firewall can match lab traffic by the interface it arrives
+# on (`-i sl-+`), which a node cannot forge as it can its source address. "sl-" matches no
+# interface the kernel, Docker or a distribution names by itself ("sl0" is SLIP's, no dash).
+LAB_BRIDGE_PREFIX = "sl-"
 # On a fault's sidecar instead of LABEL_NODE (it is not a node): the node whose network it changes.
 LABEL_SIDECAR = "stacklab.sidecar"
 SIDECAR_TIMEOUT = 30  # seconds a sidecar may run before it is killed and the fault fails
 SIDECAR_MEMORY = 32 * 1024**2
 BASE_IMAGE = "debian:bookworm-slim"
+# /dev/shm of nodes: a tmpfs like the writable paths, charged to the memory limit (and counted
+# by the spec loader, specs.SHM_SIZE). Enough for PostgreSQL's dynamic shared memory in a lab.
+SHM_BYTES = 8 * 1024**2
+# Node images: a lab image plus what its nodes need on a read-only root (see `_node_image`).
+NODE_REPOSITORY = "stacklab/node"
+LABEL_BASE = "stacklab.base"  # on a node image: the id of the image it was built from
+LABEL_BASE_REPOSITORY = "stacklab.base.repository"  # and that image's repository, if it had a tag
+# Inside a node image: the seed of each writable path, and the entrypoint that copies it in.
+SEED_DIR = "/.stacklab/seed"
+SEED_SCRIPT = "/.stacklab/seed.sh"
+# Seconds a tagged image must have existed before `prune_images` may remove it: a worker still on
+# the previous deploy may have read a tag and start nodes on it 10-30 s later.
+PRUNE_MIN_AGE = 30 * 60
+# No core files: dockerd's unit sets LimitCORE=infinity and containers inherit it, and where the
+# host's core_pattern pipes to systemd-coredump a learner's crash loop would write to its disk.
+NO_CORE_DUMPS = [Ulimit(name="core", soft=0, hard=0)]
+# What the build of a node image says when a writable path is a file in the image: a tmpfs
+# mounts only over a directory (the engine's own error names neither path nor cure).
+NOT_A_DIRECTORY = (
+    "stacklab: writable path $path is a file in the image, not a directory: make its directory writable instead"
+)
 # A login shell, bash where the image has it: what `docker exec -it NODE bash` would give.
 TERMINAL_SHELL = ["sh", "-c", "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi"]
 # Marks every process a terminal starts, so that closing the terminal can hang them all up.
@@ -92,8 +123,10 @@ class NodeRun:
     cpus: float = 0.5
     pids: int = 128
     cap_add: list[str] = field(default_factory=list)
-    # path -> bytes: size-limited tmpfs mounts (disk faults fill these, never the host's disk).
-    scratch: dict[str, int] = field(default_factory=dict)
+    # path -> bytes: the only places the node can write (its root is read-only). Each is a
+    # size-limited tmpfs that starts with what the image (and `files`) put there, so a full disk
+    # (a disk fault, a learner's dd) stops at its size and never reaches the host's disk.
+    writable: dict[str, int] = field(default_factory=dict)
     files: list[NodeFile] = field(default_factory=list)
 
 
@@ -141,6 +174,50 @@ class Network:
         return str(ipaddress.ip_network(self.subnet)[index])
 
 
+def _repositories(image: docker.models.images.Image) -> set[str]:
+    return {tag.rpartition(":")[0] for tag in image.tags}
+
+
+def _made_at(image: docker.models.images.Image) -> float:
+    """When an image got its content or last got a tag (a rebuild from cache keeps the old
+    Created time but tags it anew), as a Unix time."""
+    times = [image.attrs.get("Created") or "", (image.attrs.get("Metadata") or {}).get("LastTagTime") or ""]
+    # The engine writes nanoseconds, which fromisoformat does not read: seconds are enough here.
+    seconds = [datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S") for value in times if len(value) >= 19]
+    return max((moment.replace(tzinfo=UTC).timestamp() for moment in seconds), default=0.0)
+
+
+# One build at a time per node image tag in this process: threads starting nodes that need the
+# same new content would otherwise each build it and leave all but the last untagged. Other
+# processes may still race; `prune_images` removes what such a race leaves.
+_build_locks: dict[str, threading.Lock] = {}
+_build_locks_guard = threading.Lock()
+
+
+def _build_lock(tag: str) -> threading.Lock:
+    with _build_locks_guard:
+        return _build_locks.setdefault(tag, threading.Lock())
+
+
+def _seed_script(paths: list[str]) -> str:
+    """The entrypoint of a node image: fill each writable path (a new, empty tmpfs at every start)
+    with its seed, then run the image's own entrypoint and command. A seed that does not fit in
+    its path's size stops the node with a line saying so, rather than starting it half-filled."""
+    quoted = " ".join(shlex.quote(path) for path in paths) or "''"
+    return f"""#!/bin/sh
+# Stacklab: this node's root is read-only; its writable paths are size-limited tmpfs mounts that
+# start empty. Copy in what the image and the lab put there, then start the node's command.
+for path in {quoted}; do
+    [ -n "$path" ] && [ -d "{SEED_DIR}$path" ] || continue
+    if ! cp -Rp "{SEED_DIR}$path/." "$path/"; then
+        echo "stacklab: could not fill $path (more than its writable size?)" >&2
+        exit 1
+    fi
+done
+exec "$@"
+"""
+
+
 def context_digest(context: Path) -> str:
     """A digest of every file in a build context, so an unchanged context skips the build."""
     digest = hashlib.sha256()
@@ -171,6 +248,12 @@ class Engine:
 
     def _network_name(self, lab: str) -> str:
         return f"stacklab-{lab}"
+
+    def bridge_name(self, lab: str) -> str:
+        """The host interface of a lab's network; a lab id too long for it is hashed."""
+        if len(LAB_BRIDGE_PREFIX + lab) > 15:
+            lab = hashlib.sha256(lab.encode()).hexdigest()[:12]
+        return LAB_BRIDGE_PREFIX + lab
 
     def container_name(self, lab: str, node: str) -> str:
         """What `docker ps` calls a node: the name a learner types after `docker exec`."""
@@ -235,6 +318,73 @@ class Engine:
         logger.info("pulled image %s in %.1fs", name, time.monotonic() - started)
         return image.id
 
+    def prune_images(self, keep: Iterable[str], min_age: float = PRUNE_MIN_AGE, now: float | None = None) -> list[str]:
+        """Remove what older builds left: every other tag of the repositories of `keep` (tags
+        `stacklab/<role>:<digest>`) and the node images built on them. Returns what went.
+
+        Only images labelled as Stacklab's are looked at, and none that a container uses
+        (running or stopped, of any instance or lab), so a lab never loses its image. Nor one
+        built or tagged less than `min_age` seconds before `now`: during a deploy, a worker of the
+        previous release may have just built a node image it is about to start (its base stays
+        too). A worker that read an old tag and builds nothing on it is not seen: restart the
+        workers before `build_lab_images` prunes, or keep it to a quiet moment. Leftovers go
+        whatever their age: node images no tag names any more (concurrent builds of one tag in
+        several workers) and node images without the base label.
+        """
+        now = time.time() if now is None else now
+        try:
+            kept = {self.client.images.get(tag).id for tag in keep}
+            repositories = {tag.rpartition(":")[0] for tag in keep}
+            used = {container["ImageID"] for container in self.client.api.containers(all=True)}
+            ours = self.client.images.list(filters={"label": LABEL_INSTANCE})
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Could not list images to prune: {exc}") from exc
+        # Lab images of those repositories that older builds left, tagged or not: removing the
+        # tag of an image that node images are built on only untags it, and only they know it.
+        old_bases = {
+            image.id for image in ours if not image.labels.get(LABEL_BASE) and _repositories(image) & repositories
+        } | {
+            image.labels[LABEL_BASE]
+            for image in ours
+            if image.labels.get(LABEL_BASE) and image.labels.get(LABEL_BASE_REPOSITORY) in repositories
+        }
+        old_bases -= kept
+        leftovers = {
+            image.id
+            for image in ours
+            if (image.labels.get(LABEL_BASE) and not image.tags)
+            or (NODE_REPOSITORY in _repositories(image) and not image.labels.get(LABEL_BASE))
+        }
+        young = {image.id for image in ours if now - _made_at(image) < min_age}
+        # A base that a node image was just built on is in use by a worker too.
+        young |= {image.labels[LABEL_BASE] for image in ours if image.id in young and image.labels.get(LABEL_BASE)}
+        stale = [
+            image
+            for image in ours
+            if image.id not in kept
+            and image.id not in used
+            and (
+                image.id in leftovers
+                or (image.id not in young and (image.id in old_bases or image.labels.get(LABEL_BASE) in old_bases))
+            )
+        ]
+        # Node images first: an image that others are built on cannot go before them.
+        stale.sort(key=lambda image: not image.labels.get(LABEL_BASE))
+        removed = []
+        for image in stale:
+            for tag in image.tags or [image.id]:
+                try:
+                    self.client.images.remove(tag)
+                except docker.errors.NotFound:
+                    continue
+                except docker.errors.APIError as exc:
+                    # 409: a container started on it meanwhile, or a node image in use is built on
+                    # it; it goes at a later prune.
+                    logger.info("kept image %s: %s", tag, exc.explanation or exc)
+                    continue
+                removed.append(tag)
+        return removed
+
     # -- networks ---------------------------------------------------------------------------
 
     def _used_subnets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -268,6 +418,7 @@ class Engine:
                             internal=True,
                             ipam=ipam,
                             labels=self._labels(lab, owner),
+                            options={"com.docker.network.bridge.name": self.bridge_name(lab)},
                         )
                     except docker.errors.APIError as exc:
                         # Another process took this subnet between our look and our create.
@@ -283,7 +434,14 @@ class Engine:
     # -- nodes ------------------------------------------------------------------------------
 
     def start_node(self, run: NodeRun, network: Network) -> str:
-        """Create and start one hardened container on the lab network; returns its id."""
+        """Create and start one hardened container on the lab network; returns its id.
+
+        Its root file system is read-only: the node writes only to `run.writable`, size-limited
+        tmpfs mounts whose pages count against its memory limit. The engine here (overlay2 on
+        ext4) cannot limit a container's writable layer (`--storage-opt size` needs xfs with
+        pquota), so a writable layer would let one node fill the host's disk.
+        """
+        image = self._node_image(run)
         api = self.client.api
         host_config = api.create_host_config(
             mem_limit=run.memory_bytes,
@@ -297,16 +455,15 @@ class Engine:
             security_opt=["no-new-privileges:true"],
             init=True,
             privileged=False,
+            read_only=True,
+            shm_size=SHM_BYTES,
+            ulimits=NO_CORE_DUMPS,
             network_mode=network.name,
             # On an internal network, looking up a stopped container's name hangs 20 s before
             # failing (moby/moby#43430); bounded lookups keep a dead replica from stalling peers.
             dns_opt=["timeout:1", "attempts:1"],
             log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "2"}},
-            # Scratch space is tmpfs so a filled disk never reaches the host's. Its pages count
-            # against mem_limit (the spec keeps the sizes below it). Owned by uid/gid, not opened
-            # with mode=1777: over a directory the image has, the engine copies that directory's
-            # mode onto the tmpfs (tmpcopyup) and leaves it root's, so mode= has no effect.
-            tmpfs=self._scratch_mounts(run) or None,
+            tmpfs=self._writable_mounts(run) or None,
         )
         networking = api.create_networking_config(
             {network.name: api.create_endpoint_config(aliases=[run.name], ipv4_address=run.ip)}
@@ -323,7 +480,7 @@ class Engine:
             }
         try:
             created = api.create_container(
-                run.image,
+                image,
                 name=self.container_name(run.lab, run.name),
                 hostname=run.name,
                 command=run.command,
@@ -334,31 +491,140 @@ class Engine:
                 networking_config=networking,
                 healthcheck=healthcheck,
             )
-            if run.files:
-                api.put_archive(created["Id"], "/", self._files_archive(run))
             api.start(created["Id"])
         except docker.errors.DockerException as exc:
             raise EngineError(f"Could not start node {run.name}: {exc}") from exc
         return created["Id"]
 
-    def _files_archive(self, run: NodeRun) -> bytes:
-        """A tar of the node's files, owned by the user the node runs as (so a learner can edit a
-        config file in a terminal), unpacked at / before the node starts."""
-        uid, gid = self._runtime_ids(run.image, run.user)
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            for file in run.files:
-                info = tarfile.TarInfo(file.path.lstrip("/"))
-                info.size, info.mode, info.uid, info.gid = len(file.content), file.mode, uid, gid
-                info.mtime = int(time.time())
-                tar.addfile(info, io.BytesIO(file.content))
-        return buffer.getvalue()
-
-    def _scratch_mounts(self, run: NodeRun) -> dict[str, str]:
-        if not run.scratch:
+    def _writable_mounts(self, run: NodeRun) -> dict[str, str]:
+        """tmpfs options per writable path. Owned by the node's user, not opened with mode=1777:
+        over a directory the image has, the engine copies that directory's mode onto the tmpfs and
+        ignores mode=. `exec`: a learner may run a script they wrote in /tmp, as on any machine."""
+        if not run.writable:
             return {}
         uid, gid = self._runtime_ids(run.image, run.user)
-        return {path: f"size={size},uid={uid},gid={gid}" for path, size in run.scratch.items()}
+        return {path: f"size={size},uid={uid},gid={gid},exec" for path, size in run.writable.items()}
+
+    def _node_image(self, run: NodeRun) -> str:
+        """The image a node runs: `run.image` plus what a read-only root needs, built once per
+        content (tagged `stacklab/node:<digest>`) and reused by every node that needs the same.
+
+        Docker 20.10 mounts a tmpfs empty (no `tmpcopyup` for --tmpfs, and the option is refused),
+        and refuses `put_archive` into a read-only root, so neither the image's content of a
+        writable path (haproxy.cfg, PostgreSQL's cluster) nor the lab's `files` could get there
+        at run time. The node image carries them instead:
+
+        1. the image's content of each writable path is copied to SEED_DIR/<path> (owned by the
+           node's user, who must be able to write it later);
+        2. each file goes to SEED_DIR/<path> if it lies under a writable path (a learner may edit
+           it), else straight to its path, read-only like the rest of the root;
+        3. the entrypoint becomes SEED_SCRIPT, which copies every seed into its (empty) tmpfs at
+           each start, then runs the image's own entrypoint and command.
+
+        A restarted node therefore starts again from these contents, like a new container.
+        """
+        try:
+            config = self.client.api.inspect_image(run.image)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Could not read image {run.image}: {exc}") from exc
+        # An image's VOLUME becomes an anonymous volume on the host's disk, without a size limit,
+        # read-only root or not. Only a mount at exactly its path replaces it (a tmpfs above or
+        # below it does not), so each must be one of the node's writable paths.
+        volumes = sorted(path.rstrip("/") or "/" for path in (config.get("Config") or {}).get("Volumes") or {})
+        unbounded = [path for path in volumes if path not in run.writable]
+        if unbounded:
+            example = ", ".join(f'"{path}": "16m"' for path in unbounded)
+            raise EngineError(
+                f"The image of node {run.name} declares VOLUME {', '.join(unbounded)}, which would write to the "
+                f"host's disk without a limit: declare it under writable (writable: {{{example}}})"
+            )
+        if not run.writable and not run.files:
+            return run.image
+        uid, gid = self._runtime_ids(run.image, run.user)
+        paths = sorted(run.writable)
+        image_user = (config.get("Config") or {}).get("User") or "0"
+        entrypoint = (config.get("Config") or {}).get("Entrypoint") or []
+        command = (config.get("Config") or {}).get("Cmd") or []
+        quoted = " ".join(shlex.quote(path) for path in paths)
+        lines = [
+            f"FROM {config['Id']}",
+            "USER 0",
+            # First, and depending on the paths only: the build cache shares this layer between
+            # node images of the same image that differ in their files.
+            "RUN set -e; for path in "
+            + (quoted or "''")
+            + f'; do if [ -d "$path" ]; then mkdir -p "{SEED_DIR}$path"; cp -a "$path/." "{SEED_DIR}$path/";'
+            + f' elif [ -e "$path" ]; then echo "{NOT_A_DIRECTORY}"; exit 1; fi; done;'
+            + f" mkdir -p {SEED_DIR}; chown -R {uid}:{gid} {SEED_DIR}",
+        ]
+        context: dict[str, tuple[bytes, int]] = {"seed.sh": (_seed_script(paths).encode(), 0o755)}
+        for index, file in enumerate(run.files):
+            context[f"file-{index}"] = (file.content, file.mode)
+            target = SEED_DIR + file.path if any(is_inside(file.path, path) for path in paths) else file.path
+            lines.append(f"COPY --chown={uid}:{gid} file-{index} {json.dumps(target)}")
+        lines += [
+            f"COPY seed.sh {SEED_SCRIPT}",
+            f"USER {image_user}",
+            f"ENTRYPOINT {json.dumps(['/bin/sh', SEED_SCRIPT, *entrypoint])}",
+            f"CMD {json.dumps(command)}",
+        ]
+        context["Dockerfile"] = ("\n".join(lines + [""]).encode(), 0o644)
+        # The whole build context (the Dockerfile names the image by id, the user, the paths)
+        # decides the tag: the same node image for every node and lab that needs the same.
+        digest = hashlib.sha256()
+        for name, (content, mode) in sorted(context.items()):
+            digest.update(f"{name}\0{mode:o}\0{len(content)}\0".encode())
+            digest.update(content)
+        tag = f"{NODE_REPOSITORY}:{digest.hexdigest()[:16]}"
+        with _build_lock(tag):
+            if not self._has_image(tag):
+                self._build_node_image(run, tag, context, config["Id"])
+        return tag
+
+    def _has_image(self, tag: str) -> bool:
+        try:
+            self.client.images.get(tag)
+        except docker.errors.ImageNotFound:
+            return False
+        except requests.exceptions.ConnectionError as exc:
+            raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Could not look up image {tag}: {exc}") from exc
+        return True
+
+    def _build_node_image(self, run: NodeRun, tag: str, context: dict[str, tuple[bytes, int]], base: str) -> None:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, (content, mode) in context.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(content), mode, int(time.time())
+                tar.addfile(info, io.BytesIO(content))
+        buffer.seek(0)
+        started = time.monotonic()
+        try:
+            self.client.images.build(
+                fileobj=buffer,
+                custom_context=True,
+                tag=tag,
+                pull=False,
+                rm=True,
+                forcerm=True,
+                labels={
+                    LABEL_INSTANCE: "image",
+                    LABEL_BASE: base,
+                    # A tag names a repository; an id (a named image, `ensure_pulled`) does not.
+                    LABEL_BASE_REPOSITORY: run.image.rpartition(":")[0] if not run.image.startswith("sha256:") else "",
+                },
+            )
+        except docker.errors.BuildError as exc:
+            log = "".join(str(chunk.get("stream", "")) for chunk in exc.build_log)
+            said = [line for line in log.splitlines() if line.startswith("stacklab: ")]
+            if said:
+                raise EngineError(f"Node {run.name}: {said[-1].removeprefix('stacklab: ')}") from exc
+            raise EngineError(f"Preparing the image of node {run.name} failed: {exc.msg}\n{log[-800:]}") from exc
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Preparing the image of node {run.name} failed: {exc}") from exc
+        logger.info("built node image %s from %s in %.1fs", tag, run.image, time.monotonic() - started)
 
     def _runtime_ids(self, image: str, user: str | None) -> tuple[int, int]:
         """The uid and gid a container of `image` runs as (`user`, else the image's USER).
@@ -412,7 +678,8 @@ class Engine:
                     found[name] = member.read().decode(errors="replace") if member else ""
             return found
         finally:
-            api.remove_container(container, force=True)
+            # v: with the anonymous volumes an image's VOLUME gave it, or they stay on the disk.
+            api.remove_container(container, force=True, v=True)
 
     def _container(self, lab: str, node: str):  # -> docker.models.containers.Container
         try:
@@ -503,6 +770,8 @@ class Engine:
             security_opt=["no-new-privileges:true"],
             privileged=False,
             read_only=True,
+            shm_size=1024**2,
+            ulimits=NO_CORE_DUMPS,
             mem_limit=SIDECAR_MEMORY,
             memswap_limit=SIDECAR_MEMORY,
             cpu_period=100_000,
@@ -538,7 +807,8 @@ class Engine:
 
     def _remove_sidecar(self, lab: str, node: str, sidecar: str) -> None:
         try:
-            self.client.api.remove_container(sidecar, force=True)
+            # v: the anonymous volumes of a VOLUME in the sidecar's image would stay on the disk.
+            self.client.api.remove_container(sidecar, force=True, v=True)
         except docker.errors.NotFound:
             pass  # the lab was removed meanwhile, sidecar included
         except docker.errors.APIError as exc:
@@ -620,6 +890,14 @@ class Engine:
         except docker.errors.DockerException as exc:
             raise EngineUnavailable(f"The Docker engine is not reachable ({exc}).") from exc
         return EventStream(stream)
+
+    def last_output(self, lab: str, node: str, lines: int = 5) -> str:
+        """The last lines a node printed (stdout and stderr): why it stopped, say."""
+        container = self._container(lab, node)
+        try:
+            return container.logs(stdout=True, stderr=True, tail=lines).decode(errors="replace").strip()
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"Could not read the output of {node}: {exc}") from exc
 
     def follow_output(self, lab: str, node: str) -> Iterator[str]:
         """Lines a node prints from now on; ends when the container goes away."""

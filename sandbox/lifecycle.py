@@ -11,14 +11,17 @@ engine objects carry the lab id, so whatever a crash leaves behind is found agai
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -33,10 +36,12 @@ from .engine import (
     Network,
     NodeFile,
     NodeRun,
+    NodeStatus,
 )
+from .isolation import IsolationMissing, ensure_lab_isolation
 from .live import publish
 from .models import Lab, LabEvent, Node, ObjectiveResult
-from .nodestates import state_from_status
+from .nodestates import NOT_SERVING, state_from_status
 from .payloads import idle_deadline, lab_idle_minutes, lab_payload, node_payload, objective_payload
 from .results import record_result
 from .signals import announce, lab_state_changed
@@ -94,9 +99,11 @@ def _engine(factory: EngineFactory | None) -> Engine:
 # -- state machine ----------------------------------------------------------------------------
 
 
-def _move(lab_id: Any, expected: Iterable[str], new: str, **fields: Any) -> bool:
-    """Compare-and-set the lab's state; True only for the one caller that moved it."""
-    changed = Lab.objects.filter(pk=lab_id, state__in=list(expected)).update(
+def _move(lab_id: Any, expected: Iterable[str], new: str, *, only_if: Q | None = None, **fields: Any) -> bool:
+    """Compare-and-set the lab's state (and `only_if`, if given, in the same update); True only
+    for the one caller that moved it."""
+    rows = Lab.objects.filter(pk=lab_id, state__in=list(expected))
+    changed = (rows.filter(only_if) if only_if is not None else rows).update(
         state=new, updated_at=timezone.now(), **fields
     )
     if changed:
@@ -281,7 +288,7 @@ def _node_runs(
                         cpus=node.limits.cpus,
                         pids=node.limits.pids,
                         cap_add=node.cap_add,
-                        scratch=node.scratch_bytes,
+                        writable=node.writable_bytes,
                         files=[
                             NodeFile(path=file.path, content=package.read_file(file.source), mode=file.mode_bits)
                             for file in node.files
@@ -316,6 +323,18 @@ def _run_setup(engine: Engine, lab: Lab, package: LabPackage, deadline: float) -
             raise EngineError(f"Setup {step.script} in {step.node} exited {result.exit_code}: {tail}")
 
 
+def _last_words(engine: Engine, lab: Lab, name: str, status: NodeStatus | None) -> str:
+    """A stopped node's last lines of output, as a suffix for the failure reason: they usually
+    say why (a seed that did not fit its writable path, a bad config). Empty if there are none."""
+    if status is None:
+        return ""
+    try:
+        said = engine.last_output(lab.short_id, name)
+    except EngineError:
+        return ""  # removed meanwhile: the reason stands without it
+    return f": {said}" if said else ""
+
+
 def _wait_healthy(engine: Engine, lab: Lab, names: set[str], deadline: float) -> None:
     """Poll the engine until every named node serves, or fail with the first that cannot."""
     while True:
@@ -324,7 +343,7 @@ def _wait_healthy(engine: Engine, lab: Lab, names: set[str], deadline: float) ->
         for name in sorted(names):
             status = statuses.get(name)
             if status is None or status.status in {"exited", "dead"}:
-                raise EngineError(f"Node {name} stopped while starting")
+                raise EngineError(f"Node {name} stopped while starting" + _last_words(engine, lab, name, status))
             if state_from_status(status) != Node.State.HEALTHY:
                 waiting.append(name)
         if not waiting:
@@ -339,7 +358,8 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
 
     0. Reach the engine; if it is away, raise before touching the row (the task retries).
     1. Claim the row (requested -> provisioning); anyone else finding it claimed stops here.
-    2. Build missing images, create the lab network, write a Node row per container.
+    2. Check the host's isolation rules (re-applied if missing; no lab runs without them),
+       build missing images, create the lab network, write a Node row per container.
     3. Start nodes in dependency order, each after what it depends on is healthy.
     4. Wait for all nodes to be healthy, then ready (with its expiry).
     On any failure, remove what was made and mark the lab failed with a reason.
@@ -347,11 +367,50 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
     # No engine, nothing claimed: EngineUnavailable goes to the task, which retries, then fails
     # the lab (fail_lab) once the engine stays away.
     engine = _engine(engine_factory)
-    if not _move(lab_id, [State.REQUESTED], State.PROVISIONING):
+    if not _move(lab_id, [State.REQUESTED], State.PROVISIONING, lease_expires_at=_lease_until()):
         return
+    with _lease_kept(lab_id):
+        _provision_claimed(lab_id, engine)
+
+
+def _lease_until() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.LAB_PROVISION_LEASE)
+
+
+@contextmanager
+def _lease_kept(lab_id: str) -> Iterator[None]:
+    """Renew the lab's provisioning lease from a thread while the block runs. A run that dies
+    with its worker (SIGKILL, OOM, a host reboot) stops renewing, and the provision sweep
+    recovers the lab once the lease runs out, without waiting for the broker to redeliver."""
+    done = threading.Event()
+
+    def renew() -> None:
+        try:
+            # A third of the lease: two renewals may be missed (a slow database) before it lapses.
+            while not done.wait(settings.LAB_PROVISION_LEASE / 3):
+                try:
+                    Lab.objects.filter(pk=lab_id, state=State.PROVISIONING).update(lease_expires_at=_lease_until())
+                except DatabaseError as exc:
+                    logger.warning("lab %s: provisioning lease not renewed: %s", str(lab_id)[:12], exc)
+        finally:
+            connection.close()  # this thread's own connection
+
+    keeper = threading.Thread(target=renew, name=f"lease-{str(lab_id)[:12]}", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        keeper.join()
+
+
+def _provision_claimed(lab_id: str, engine: Engine) -> None:
+    """Steps 2-4 of provision_lab, for the run that claimed the lab (and holds its lease)."""
     lab = Lab.objects.get(pk=lab_id)
     deadline = time.monotonic() + settings.LAB_PROVISION_TIMEOUT
     try:
+        # First, so that no lab ever runs able to reach its host (and nothing is built in vain).
+        ensure_lab_isolation()
         package = load_lab(lab.lab_slug)
         _step(lab, "Preparing images")
         images = {node.name: _image(engine, package, node) for node in package.spec.nodes}
@@ -392,6 +451,11 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
             ignore_conflicts=True,  # a reset keeps its rows (and the progress in them)
         )
         _step(lab, "All nodes healthy")
+    except IsolationMissing as exc:
+        # The host's configuration, already explained in sandbox.isolation's own log line.
+        logger.error("lab %s: not started: %s", lab.short_id, exc)
+        _abandon(lab, engine, str(exc))
+        return
     except Exception as exc:
         logger.exception("lab %s: provisioning failed", lab.short_id)
         reason = str(exc) if isinstance(exc, EngineError) else f"Provisioning failed: {exc}"
@@ -400,7 +464,16 @@ def provision_lab(lab_id: str, engine_factory: EngineFactory | None = None) -> N
     # Outside the try: once ready, nothing may tear the lab down as a "failed provision".
     now = timezone.now()
     expires_at = now + timedelta(minutes=package.spec.ttl_minutes)
-    if not _move(lab.pk, [State.PROVISIONING], State.READY, ready_at=now, expires_at=expires_at, last_active_at=now):
+    if not _move(
+        lab.pk,
+        [State.PROVISIONING],
+        State.READY,
+        ready_at=now,
+        expires_at=expires_at,
+        last_active_at=now,
+        lease_expires_at=None,
+        provision_requeues=0,
+    ):
         # Stopped while we worked: its stop task (or the reaper) removes what we made.
         logger.info("lab %s: no longer provisioning, leaving cleanup to stop", lab.short_id)
 
@@ -414,12 +487,65 @@ def _abandon(lab: Lab, engine: Engine, reason: str) -> None:
     _move(lab.pk, [State.PROVISIONING], State.FAILED, reason=reason[:2000], stopped_at=timezone.now())
 
 
-def abandon_interrupted_provision(lab_id: str, engine_factory: EngineFactory | None = None) -> None:
-    """A provisioning run died with its worker (the task came back redelivered): what it made is
-    half a lab, so remove it and fail the lab rather than leave it stuck in provisioning."""
-    lab = Lab.objects.get(pk=lab_id)
-    if lab.state == State.PROVISIONING:
-        _abandon(lab, _engine(engine_factory), "Setting up the lab was interrupted; launch it again.")
+INTERRUPTED = "Setting up the lab was interrupted; launch it again."
+LOST_REQUEST = "The lab could not be started (its start request was lost); launch it again."
+
+
+def abandon_interrupted_provision(lab_id: str, engine_factory: EngineFactory | None = None) -> bool:
+    """A provisioning run died with its worker: what it made is half a lab, so fail the lab and
+    remove it rather than leave it stuck in provisioning. Only once its lease ran out: a task
+    the broker redelivers after a Redis restart finds its first run still at work (and
+    renewing), and leaves it be. True if this call failed the lab."""
+    now = timezone.now()
+    # Failed first, then removed: a compare-and-set on the lapsed lease, so a run that is alive
+    # after all and reaches ready at this moment either wins (and nothing is removed) or loses.
+    lapsed = Q(lease_expires_at__lt=now) | Q(lease_expires_at=None)
+    if not _move(lab_id, [State.PROVISIONING], State.FAILED, only_if=lapsed, reason=INTERRUPTED, stopped_at=now):
+        return False
+    short_id = Lab.objects.get(pk=lab_id).short_id
+    try:
+        removed = _engine(engine_factory).remove_lab(short_id)
+        logger.info("lab %s: interrupted provision, removed %d engine objects", short_id, removed)
+    except EngineError as exc:
+        logger.warning("lab %s: interrupted provision not removed (%s); the orphan pass retries", short_id, exc)
+    return True
+
+
+def sweep_provisions(engine_factory: EngineFactory | None = None) -> dict[str, list[str]]:
+    """Recover labs whose provisioning went missing (run by beat every few seconds).
+
+    1. Provisioning with a lapsed lease: its worker died mid-way. Fail it and remove what it made.
+    2. Requested for longer than LAB_REQUEST_GRACE: its task was lost (a Redis restart without
+       persistence, a failed enqueue) or waits behind busy workers. Queue it again, once: a
+       duplicate finds the lab claimed and does nothing.
+    3. Still requested a grace period after that, while no provisioning run is at work (so the
+       workers are free and would have taken a queued task): fail it with the reason.
+    """
+    now = timezone.now()
+    report: dict[str, list[str]] = {"interrupted": [], "requeued": [], "lost": []}
+    lapsed = Q(lease_expires_at__lt=now) | Q(lease_expires_at=None)
+    for lab in Lab.objects.filter(lapsed, state=State.PROVISIONING):
+        if abandon_interrupted_provision(str(lab.id), engine_factory):
+            report["interrupted"].append(lab.short_id)
+    waited = Q(updated_at__lt=now - timedelta(seconds=settings.LAB_REQUEST_GRACE))
+    workers_busy = Lab.objects.filter(state=State.PROVISIONING, lease_expires_at__gte=now).exists()
+    for lab in Lab.objects.filter(waited, state=State.REQUESTED):
+        if lab.provision_requeues == 0:
+            # The grace period starts again from the requeue.
+            if Lab.objects.filter(waited, pk=lab.pk, state=State.REQUESTED, provision_requeues=0).update(
+                provision_requeues=1, updated_at=now
+            ):
+                logger.info("lab %s: no provision run picked it up; queued again", lab.short_id)
+                report["requeued"].append(lab.short_id)
+                try:
+                    _after_commit("provision_lab", str(lab.id))
+                except Exception as exc:  # the broker is away: the next passes fail the lab
+                    logger.warning("lab %s: could not queue it again: %s", lab.short_id, exc)
+        elif not workers_busy and _move(
+            lab.pk, [State.REQUESTED], State.FAILED, only_if=waited, reason=LOST_REQUEST, stopped_at=now
+        ):
+            report["lost"].append(lab.short_id)
+    return report
 
 
 def fail_lab(lab_id: str, reason: str) -> None:
@@ -629,37 +755,106 @@ def reap_labs(engine_factory: EngineFactory | None = None) -> dict[str, list[str
     return report
 
 
-def sync_nodes(lab: Lab, engine: Engine) -> int:
-    """Make Node rows match the engine (events may have been missed); returns how many moved."""
-    statuses = {status.name: status for status in engine.node_statuses(lab.short_id)}
+REMOVED_OUTSIDE = "The lab's containers were removed outside Stacklab; launch the lab again."
+CHECKED = "checked with the engine"
+
+
+def set_node_state(
+    lab_id: Any, name: str, state: str, note: str = "", *, expected: str | None = None, on_timeline: bool = True
+) -> bool:
+    """Move a node row to `state` if it is elsewhere: publish it, and put a node that stops
+    serving (or serves again) on the timeline, with `note` saying how it was found. True if the
+    row moved. With `expected`, move it only from that state (compare-and-set: a reading older
+    than the row must not undo what an event wrote meanwhile)."""
+    rows = Node.objects.filter(lab_id=lab_id, name=name)
+    previous = rows.values_list("state", flat=True).first() if expected is None else expected
+    if previous is None or previous == state:
+        return False
+    moving = rows.exclude(state=state) if expected is None else rows.filter(state=expected)
+    if not moving.update(state=state, updated_at=timezone.now()):
+        return False
+    node = rows.get()
+    publish(str(lab_id), node_payload(node))
+    if not on_timeline:
+        return True
+    # The timeline keeps what a learner cares about: a node stopping to serve, and coming back.
+    if state in NOT_SERVING or (state == Node.State.HEALTHY and previous in NOT_SERVING):
+        timeline.record(lab_id, LabEvent.Kind.NODE, f"{name} is {state}" + (f" ({note})" if note else ""))
+    return True
+
+
+@dataclass(frozen=True)
+class NodeReading:
+    """A lab's node rows (name -> state) and, read after them, the engine's view of its nodes."""
+
+    rows: dict[str, str]
+    statuses: list[NodeStatus]
+
+
+def read_nodes(lab: Lab, engine: Engine) -> NodeReading:
+    # Rows first: a row an event moves while the engine answers then differs from the state read,
+    # and sync_nodes' compare-and-set leaves it to the event, the newer fact.
+    rows = dict(lab.nodes.values_list("name", "state"))
+    return NodeReading(rows=rows, statuses=engine.node_statuses(lab.short_id))
+
+
+def sync_nodes(lab: Lab, engine: Engine, reading: NodeReading | None = None) -> int:
+    """Make Node rows match the engine (events may have been missed), on the timeline like an
+    event would; returns how many moved. `reading`: the lab's, if the caller already has it."""
+    reading = read_nodes(lab, engine) if reading is None else reading
+    found = {status.name: status for status in reading.statuses}
     moved = 0
-    for node in lab.nodes.all():
-        status = statuses.get(node.name)
+    for name, was in reading.rows.items():
+        status = found.get(name)
+        if status is None and was == Node.State.PENDING and lab.state == State.PROVISIONING:
+            continue  # not started yet: nothing was missed
         state = state_from_status(status) if status else Node.State.DOWN
-        if node.state != state and Node.objects.filter(pk=node.pk).update(state=state):
-            node.state = state
-            publish(str(lab.id), node_payload(node))
+        if set_node_state(lab.pk, name, state, CHECKED, expected=was):
+            logger.info("lab %s: node %s %s (%s)", lab.short_id, name, state, CHECKED)
             moved += 1
     return moved
 
 
+def end_removed_lab(lab: Lab, engine: Engine, statuses: list[NodeStatus] | None = None) -> bool:
+    """A ready lab with none of its node containers left cannot come back: fail it with the
+    reason, and remove what is left of it (its network, a fault's sidecar). True if this call
+    ended it. `statuses`: the lab's, if the caller already has them."""
+    # Read after the row said ready: a ready lab's nodes were all started before the move to
+    # ready, and stop and reset leave ready before they remove anything, so none here means
+    # they were removed behind the platform's back.
+    if statuses is None:
+        statuses = engine.node_statuses(lab.short_id)
+    if statuses or not _move(lab.pk, [State.READY], State.FAILED, stopped_at=timezone.now(), reason=REMOVED_OUTSIDE):
+        return False
+    # The lab's line on the timeline says why; one line per node would only repeat it.
+    for name in Node.objects.filter(lab=lab).exclude(state=Node.State.DOWN).values_list("name", flat=True):
+        set_node_state(lab.pk, name, Node.State.DOWN, on_timeline=False)
+    try:
+        removed = engine.remove_lab(lab.short_id)
+        logger.info("lab %s: removed %d leftover engine objects", lab.short_id, removed)
+    except EngineError as exc:
+        logger.warning("lab %s: leftovers not removed (%s); the reaper's orphan pass retries", lab.short_id, exc)
+    return True
+
+
+def reconcile_lab(lab: Lab, engine: Engine) -> str:
+    """Check one ready lab against the engine: with no node container left it ends failed
+    ("vanished"), else its node rows follow the engine ("resynced" if any moved; "" if none)."""
+    reading = read_nodes(lab, engine)
+    if not reading.statuses:
+        return "vanished" if end_removed_lab(lab, engine, reading.statuses) else ""
+    return "resynced" if sync_nodes(lab, engine, reading) else ""
+
+
 def reconcile_labs(engine_factory: EngineFactory | None = None) -> dict[str, list[str]]:
-    """Make rows and engine agree, both ways: a ready lab with nothing on the engine fails, node
-    rows follow the engine, and engine objects without a live row are removed."""
+    """Make rows and engine agree, both ways: a ready lab with no node left on the engine fails
+    (even if its network remains), node rows follow the engine, and engine objects without a
+    live row are removed."""
     engine = _engine(engine_factory)
     report: dict[str, list[str]] = {"vanished": [], "resynced": [], "orphans": []}
-    present = engine.lab_ids()
     for lab in Lab.objects.filter(state=State.READY):
-        if lab.short_id not in present:
-            if _move(
-                lab.pk,
-                [State.READY],
-                State.FAILED,
-                stopped_at=timezone.now(),
-                reason="The lab's containers disappeared from the Docker engine.",
-            ):
-                report["vanished"].append(lab.short_id)
-        elif sync_nodes(lab, engine):
-            report["resynced"].append(lab.short_id)
+        outcome = reconcile_lab(lab, engine)
+        if outcome:
+            report[outcome].append(lab.short_id)
     report["orphans"] = remove_orphans(engine)
     return report

@@ -44,6 +44,14 @@ class Lab(models.Model):
     last_active_at = models.DateTimeField(
         null=True, blank=True, help_text="The learner's last action, keystroke or 'still here'."
     )
+    # A provisioning run holds the lab until this time and renews it every few seconds while it
+    # works; a lease that runs out means its worker died, and the provision sweep recovers the lab.
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Until when the provisioning run holding the lab vouches for it."
+    )
+    provision_requeues = models.PositiveSmallIntegerField(
+        default=0, help_text="Times the provision sweep queued a lost provision task again."
+    )
 
     class Meta:
         ordering = ["-created_at"]

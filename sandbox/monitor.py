@@ -16,22 +16,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from django.db import close_old_connections, connection
-from django.utils import timezone
 
 from . import timeline
 from .checks import Outcome, run_check
 from .engine import Engine, EngineError, NodeEvent
-from .lifecycle import connect_engine, reconcile_labs, sync_nodes
+from .lifecycle import connect_engine, end_removed_lab, reconcile_labs, set_node_state, sync_nodes
 from .live import publish, remember_metrics
 from .models import Lab, LabEvent, Node, ObjectiveResult
-from .nodestates import EVENT_STATES, NOT_SERVING, state_from_event, state_from_status
-from .objectives import Sample, judge
-from .payloads import node_payload
+from .nodestates import ASK_ENGINE, NODE_EVENTS, NOT_SERVING, state_from_event, state_from_status
+from .objectives import Sample, Verdict, judge
 from .results import record_result
 from .specs import (
     CommandCheck,
@@ -199,12 +197,16 @@ class Monitor:
     def _follow_events(self) -> None:
         """Turn engine events into node states; reconnect and resync when the stream ends."""
         since: float | None = None
+        # The engine replays from the start of `since`'s whole second: events up to the last one
+        # handled were handled, except those sharing its time (several can), told apart by key.
+        handled_at: float | None = None
+        handled: set[tuple[str, str, str]] = set()
         while not self.stopping.is_set():
             try:
                 engine = self.engine_factory()
                 # Only the events that move a node: health checks and probes are execs, and their
                 # exec_* events (several a second per lab) would queue ahead of a kill.
-                self._events_stream = engine.events(since=since, actions=EVENT_STATES)
+                self._events_stream = engine.events(since=since, actions=NODE_EVENTS)
                 if self.stopping.is_set():
                     # stop() came while we connected and closed the previous stream, not this one.
                     self._events_stream.close()
@@ -213,7 +215,16 @@ class Monitor:
                     self._resync(engine)
                 for event in self._events_stream:
                     since = event.time
+                    key = (event.lab, event.name, event.action)
+                    if handled_at is not None and (
+                        event.time < handled_at or (event.time == handled_at and key in handled)
+                    ):
+                        continue  # replayed after a reconnect
+                    # An event whose handling fails is not marked handled: the replay retries it.
                     self.handle_event(event, engine)
+                    if event.time != handled_at:
+                        handled_at, handled = event.time, set()
+                    handled.add(key)
             except EngineError:
                 logger.exception("monitor: lost the engine's events")
             except Exception:
@@ -240,30 +251,29 @@ class Monitor:
         if lab_id is None or (self.only_labs is not None and lab_id not in self.only_labs):
             return
         state = state_from_event(event.action)
-        if event.action == "unpause" and engine is not None:
-            # Health events come only on a change, so after a pause the engine's current health
-            # is the only way to know whether the node serves again.
+        if event.action in ASK_ENGINE and engine is not None:
             statuses = [s for s in engine.node_statuses(event.lab) if s.name == event.name]
             state = state_from_status(statuses[0]) if statuses else state
-        if state is None:
-            return
-        previous = Node.objects.filter(lab_id=lab_id, name=event.name).values_list("state", flat=True).first()
-        changed = (
-            Node.objects.filter(lab_id=lab_id, name=event.name)
-            .exclude(state=state)
-            .update(state=state, updated_at=timezone.now())
-        )
-        watch = self.watches.get(lab_id)
-        if watch is not None:
-            with watch.lock:
-                watch.node_states[event.name] = state
-        if changed:
-            logger.info("lab %s: node %s %s (%s)", event.lab, event.name, state, event.action)
-            node = Node.objects.get(lab_id=lab_id, name=event.name)
-            publish(lab_id, node_payload(node))
-            # The timeline keeps what a learner cares about: a node stopping to serve, and coming back.
-            if state in NOT_SERVING or (state == Node.State.HEALTHY and previous in NOT_SERVING):
-                timeline.record(lab_id, LabEvent.Kind.NODE, f"{event.name} is {state}")
+        if event.action == "oom":
+            # Not a node state: the node may serve on (or a `die` follows); the engine says which.
+            # Recorded once the engine has answered: if it cannot, the event is handled again.
+            logger.info("lab %s: node %s: a process was OOM-killed", event.lab, event.name)
+            timeline.record(lab_id, LabEvent.Kind.NODE, f"A process in {event.name} ran out of memory and was killed")
+        if state is not None:
+            watch = self.watches.get(lab_id)
+            if watch is not None:
+                with watch.lock:
+                    watch.node_states[event.name] = state
+            if set_node_state(lab_id, event.name, state):
+                logger.info("lab %s: node %s %s (%s)", event.lab, event.name, state, event.action)
+        if event.action == "destroy" and engine is not None:
+            # The platform leaves `ready` before it removes a lab's containers, so this one went
+            # behind its back; once the last is gone the lab cannot come back. Only that is
+            # asked here: the engine's container list lags its `die` events by a moment, so a
+            # full resync now could set nodes that just died back to healthy.
+            lab = Lab.objects.filter(pk=lab_id, state=Lab.State.READY).first()
+            if lab is not None and end_removed_lab(lab, engine):
+                logger.info("lab %s: every node was removed outside the platform; lab failed", event.lab)
 
     # -- traffic and objectives -------------------------------------------------------------
 
@@ -274,7 +284,7 @@ class Monitor:
                 if watch.stop.is_set() or self.stopping.is_set():
                     break
                 if line.startswith("{"):
-                    self.handle_report(watch, line)
+                    self.handle_report(watch, line, engine)
         except EngineError as exc:
             logger.info("lab %s: traffic figures ended (%s)", watch.short_id, exc)
         except Exception:
@@ -284,7 +294,7 @@ class Monitor:
         # The main loop restarts a follower that ended while its lab is still ready.
         watch.stop.wait(RECONNECT_SECONDS)
 
-    def handle_report(self, watch: LabWatch, line: str) -> None:
+    def handle_report(self, watch: LabWatch, line: str, engine: Engine | None = None) -> None:
         """One traffic report: publish it, then judge the objectives on the updated window."""
         try:
             report = json.loads(line)
@@ -314,10 +324,50 @@ class Monitor:
             assert isinstance(objective.check, MetricCheck)
             previous = watch.verdicts.get(objective.key, (ObjectiveResult.Status.PENDING, ""))
             verdict = judge(objective.check, list(watch.samples), watch.groups, previous[0])
+            if (
+                verdict is not None
+                and verdict.status == ObjectiveResult.Status.MET
+                and previous[0] != ObjectiveResult.Status.MET
+                and objective.check.while_down is not None
+            ):
+                verdict = self._confirm_while_down(watch, objective.check, previous[0], engine)
             if verdict is None or (verdict.status, verdict.reason) == previous:
                 continue
             watch.verdicts[objective.key] = (verdict.status, verdict.reason)
             record_result(watch.lab_id, objective, verdict.status, verdict.reason, verdict.status != previous[0])
+
+    def _confirm_while_down(
+        self, watch: LabWatch, check: MetricCheck, previous: str, engine: Engine | None
+    ) -> Verdict | None:
+        """Judge again, on node states the engine confirms, an objective about to be met "while
+        a node is down" (so once per flip, not every second).
+
+        1. Ask the engine for the lab's nodes (one call) and correct the rows that were wrong
+           (node messages and timeline lines, as for any change found on the engine).
+        2. A node the latest second counted as not serving that the engine has serving was
+           never known to be down: take it out of every sample kept (since when the row was
+           wrong is unknown). The engine cannot speak of the past, so nodes down earlier and
+           back now stay as the events had them.
+        3. Judge again. If the engine cannot be asked, nothing is met now (None: the previous
+           verdict stands), and the next report asks again.
+        """
+        try:
+            lab = Lab.objects.get(pk=watch.lab_id)
+            sync_nodes(lab, engine or self.engine_factory())
+        except EngineError as exc:
+            logger.warning("lab %s: node states unconfirmed, objective not judged met now (%s)", watch.short_id, exc)
+            return None
+        states = dict(Node.objects.filter(lab_id=watch.lab_id).values_list("name", "state"))
+        with watch.lock:
+            watch.node_states.update(states)
+        unconfirmed = {name for name in watch.samples[-1].not_serving if states.get(name) not in NOT_SERVING}
+        if unconfirmed:
+            logger.info(
+                "lab %s: engine has %s serving; not judged as down", watch.short_id, ", ".join(sorted(unconfirmed))
+            )
+            samples = [replace(sample, not_serving=sample.not_serving - unconfirmed) for sample in watch.samples]
+            watch.samples = deque(samples)
+        return judge(check, list(watch.samples), watch.groups, previous)
 
     # -- http and command checks ------------------------------------------------------------
 

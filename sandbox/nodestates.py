@@ -13,10 +13,18 @@ EVENT_STATES: dict[str, str] = {
     "health_status: unhealthy": Node.State.UNHEALTHY,
     "die": Node.State.DOWN,
     "stop": Node.State.DOWN,
-    "oom": Node.State.DOWN,
     "destroy": Node.State.DOWN,
     "pause": Node.State.PAUSED,
 }
+
+# Events after which only the engine's current view says what the node is. `oom` comes when the
+# OOM killer ends any process in the container, even one the learner started while the node's
+# main process serves on (`die` follows only if the container exits); after `unpause`, health
+# events come only on a change.
+ASK_ENGINE = frozenset({"oom", "unpause"})
+
+# Every event the monitor follows.
+NODE_EVENTS = frozenset(EVENT_STATES) | ASK_ENGINE
 
 # States in which a node cannot serve: objectives that ask "while a replica is down" count these.
 NOT_SERVING = frozenset({Node.State.DOWN, Node.State.PAUSED, Node.State.UNHEALTHY})

@@ -80,10 +80,27 @@ class LimitsSpec(Strict):
 
 
 ALLOWED_CAPS = {"NET_ADMIN", "NET_BIND_SERVICE", "NET_RAW", "CHOWN", "SETUID", "SETGID", "KILL"}
-SCRATCH_MIN_BYTES = 1024**2
-SCRATCH_MAX_BYTES = 256 * 1024**2
-# Kernel and engine file systems a scratch mount must not hide.
-SCRATCH_FORBIDDEN = ("/proc", "/sys", "/dev")
+WRITABLE_MIN_BYTES = 1024**2
+WRITABLE_MAX_BYTES = 256 * 1024**2
+# Kernel and engine file systems a writable mount must not hide, and the seeds of writable paths
+# (engine.SEED_DIR) that a node image carries.
+FORBIDDEN_PATHS = ("/proc", "/sys", "/dev", "/.stacklab")
+# Where each role's image writes (labs/images/README.md), besides /tmp: a node's root is
+# read-only, so these are all the disk it has. A spec's `writable` adds paths, resizes these, or
+# drops one with `null`.
+TMP_SIZE = "16m"
+# /dev/shm of every node (engine.SHM_BYTES), a tmpfs charged to its memory like the others.
+SHM_SIZE = "8m"
+WRITABLE_BY_ROLE: dict[str, dict[str, str]] = {
+    "app": {"/var/lib/app": "16m"},  # DATA_DIR: requests.log (kept under 1 MiB), disk faults
+    "lb": {"/etc/haproxy": "1m", "/run/haproxy": "1m"},  # edited haproxy.cfg; pid, socket, state
+    "cache": {"/var/lib/redis": "16m", "/etc/redis": "1m"},  # home and `dir` (SAVE); CONFIG REWRITE
+    # Home, with the cluster (~36 MiB) in data/; the socket; postgresql.conf for a learner to edit.
+    "db": {"/var/lib/postgresql": "64m", "/run/postgresql": "1m", "/etc/postgresql": "1m"},
+    "traffic": {},
+    "other": {},
+}
+WRITABLE_PATH = re.compile(r"^[A-Za-z0-9._/-]+$")
 
 
 # An image reference as Docker reads one: [registry[:port]/]name[/name...][:tag][@sha256:digest].
@@ -98,9 +115,14 @@ def _check_container_path(path: str) -> str:
     parts = PurePosixPath(path).parts
     if not path.startswith("/") or path == "/" or ".." in parts or str(PurePosixPath(path)) != path:
         raise ValueError(f"{path!r} must be an absolute, normalised path other than /")
-    if any(path == root or path.startswith(root + "/") for root in SCRATCH_FORBIDDEN):
-        raise ValueError(f"{path!r} would hide {', '.join(SCRATCH_FORBIDDEN)}")
+    if any(path == root or path.startswith(root + "/") for root in FORBIDDEN_PATHS):
+        raise ValueError(f"{path!r} would hide {', '.join(FORBIDDEN_PATHS)}")
     return path
+
+
+def is_inside(path: str, root: str) -> bool:
+    """Whether `path` lies below `root` (not at it): what a tmpfs at `root` would hide."""
+    return path.startswith(root + "/")
 
 
 class FileSpec(Strict):
@@ -129,11 +151,19 @@ class NodeSpec(Strict):
     limits: LimitsSpec = LimitsSpec()
     cap_add: list[str] = []
     depends_on: list[str] = []
-    scratch: dict[str, str] = Field(
+    writable: dict[str, str | None] = Field(
         default={},
-        description="absolute path -> size (16m): a size-limited tmpfs the node's user can fill, for "
-        "disk faults; its pages count against limits.memory",
+        description="absolute path -> size (16m), or null: where the node may write, over its role's "
+        "defaults (WRITABLE_BY_ROLE, and /tmp). Its root is read-only; each path is a size-limited tmpfs "
+        "whose pages count against limits.memory",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def scratch_is_now_writable(cls, data: object) -> object:
+        if isinstance(data, dict) and "scratch" in data:
+            raise ValueError("scratch: renamed to writable (same form: path -> size)")
+        return data
 
     @field_validator("cap_add")
     @classmethod
@@ -143,17 +173,21 @@ class NodeSpec(Strict):
             raise ValueError(f"capabilities not allowed: {', '.join(unknown)}")
         return caps
 
-    @field_validator("scratch")
+    @field_validator("writable")
     @classmethod
-    def scratch_is_sane(cls, scratch: dict[str, str]) -> dict[str, str]:
-        checked = {}
-        for path, size in scratch.items():
+    def writable_is_sane(cls, writable: dict[str, str | None]) -> dict[str, str | None]:
+        checked: dict[str, str | None] = {}
+        for path, size in writable.items():
             _check_container_path(path)
-            if not MEMORY.match(size.lower()):
-                raise ValueError(f"{path}: size must look like 16m or 512k")
-            if not SCRATCH_MIN_BYTES <= size_bytes(size.lower()) <= SCRATCH_MAX_BYTES:
-                raise ValueError(f"{path}: size must be between 1m and 256m")
-            checked[path] = size.lower()
+            if not WRITABLE_PATH.match(path):
+                raise ValueError(f"{path!r}: only letters, digits and . _ - / may name a writable path")
+            if size is not None:
+                if not MEMORY.match(size.lower()):
+                    raise ValueError(f"{path}: size must look like 16m or 512k (or null: not writable)")
+                if not WRITABLE_MIN_BYTES <= size_bytes(size.lower()) <= WRITABLE_MAX_BYTES:
+                    raise ValueError(f"{path}: size must be between 1m and 256m")
+                size = size.lower()
+            checked[path] = size
         return checked
 
     @model_validator(mode="after")
@@ -163,23 +197,37 @@ class NodeSpec(Strict):
         paths = [file.path for file in self.files]
         if len(set(paths)) != len(paths):
             raise ValueError("files: two files share a path")
-        for path in paths:
-            hidden_by = next((mount for mount in self.scratch if path.startswith(mount + "/")), None)
-            if hidden_by is not None:
-                raise ValueError(f"files: {path} would be hidden by the scratch mount at {hidden_by}")
         return self
 
     @model_validator(mode="after")
-    def scratch_fits_in_memory(self) -> NodeSpec:
-        # tmpfs pages are charged to the container's memory cgroup: a full scratch mount must
+    def writable_fits(self) -> NodeSpec:
+        paths = sorted(self.writable_sizes)
+        for path in paths:
+            outer = next((other for other in paths if is_inside(path, other)), None)
+            if outer is not None:
+                raise ValueError(f"writable: {path} is inside {outer}: one tmpfs covers both")
+        for file in self.files:
+            if file.path in paths:
+                raise ValueError(f"files: {file.path} is a writable path (a directory), not a file")
+        # tmpfs pages are charged to the container's memory cgroup: full writable paths must
         # leave the node's processes room under limits.memory, or the kernel kills them instead.
-        if self.scratch and sum(self.scratch_bytes.values()) >= self.limits.memory_bytes:
-            raise ValueError(f"scratch: the sizes together must stay below limits.memory ({self.limits.memory})")
+        if sum(self.writable_bytes.values()) + size_bytes(SHM_SIZE) >= self.limits.memory_bytes:
+            sizes = " + ".join(f"{path} {size}" for path, size in sorted(self.writable_sizes.items()))
+            sizes += f" + /dev/shm {SHM_SIZE}"
+            raise ValueError(
+                f"writable: the sizes together ({sizes}) must stay below limits.memory ({self.limits.memory})"
+            )
         return self
 
     @property
-    def scratch_bytes(self) -> dict[str, int]:
-        return {path: size_bytes(size) for path, size in self.scratch.items()}
+    def writable_sizes(self) -> dict[str, str]:
+        """Every writable path of the node and its size: /tmp, the role's, then the spec's."""
+        merged: dict[str, str | None] = {"/tmp": TMP_SIZE, **WRITABLE_BY_ROLE[self.role], **self.writable}
+        return {path: size for path, size in merged.items() if size is not None}
+
+    @property
+    def writable_bytes(self) -> dict[str, int]:
+        return {path: size_bytes(size) for path, size in self.writable_sizes.items()}
 
     @property
     def instances(self) -> list[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from celery import Task, shared_task
+from typing import Any
 
-from . import lifecycle
+from celery import Task, shared_task
+from celery.signals import worker_init
+
+from . import isolation, lifecycle
 from .engine import EngineError, EngineUnavailable
 
 # Engine work is idempotent (compare-and-set on the lab state), so it is safe to redeliver a task
@@ -20,10 +23,17 @@ ENGINE_TASK = {
 PROVISION_RETRIES = 3
 
 
+@worker_init.connect
+def isolate_labs_at_start(**kwargs: Any) -> None:
+    # The worker starts labs: it puts the host's isolation rules in place before taking any task.
+    isolation.install_at_start("worker")
+
+
 @shared_task(bind=True, **ENGINE_TASK)
 def provision_lab(self: Task, lab_id: str) -> None:
     if (self.request.delivery_info or {}).get("redelivered"):
-        # The worker that ran this before died mid-way (acks_late brought it back).
+        # Its worker died mid-way (acks_late brought it back), or lost Redis while still at
+        # work: only a run whose lease lapsed is abandoned.
         lifecycle.abandon_interrupted_provision(lab_id)
     try:
         lifecycle.provision_lab(lab_id)
@@ -64,5 +74,15 @@ def reap_labs() -> dict[str, list[str]]:
 
 
 @shared_task(**ENGINE_TASK)
+def sweep_provisions() -> dict[str, list[str]]:
+    return lifecycle.sweep_provisions()
+
+
+@shared_task(**ENGINE_TASK)
 def reconcile_labs() -> dict[str, list[str]]:
     return lifecycle.reconcile_labs()
+
+
+@shared_task
+def keep_lab_isolation() -> None:
+    isolation.keep_lab_isolation()

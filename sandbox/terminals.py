@@ -28,13 +28,13 @@ from .engine import EngineError, Terminal
 from .live import lab_group
 from .messages import BadMessage, parse_message
 from .models import Lab
+from .sockets import CLOSE_NOT_FOUND
 from .specs import LabSpecError, load_lab
 
 logger = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
 CLOSE_UNAUTHENTICATED = 4401
-CLOSE_NOT_FOUND = 4404
 CLOSE_NODE_UNAVAILABLE = 4409
 CLOSE_LAB_ENDED = 4410
 DEFAULT_SIZE = (80, 24)  # cols, rows
@@ -103,6 +103,16 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self._pending_lock = threading.Lock()
         self._is_owner = False
         self._last_activity = float("-inf")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # `disconnect` runs only when the client leaves: a consumer that ends another way (its
+        # channel layer raised, ChannelLayerGuard closes with 4503; or it was cancelled) must
+        # still close the shell, or the exec and both threads would live on.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._ended = True
+            await self._release("socket ended")
 
     async def connect(self) -> None:
         user = self.scope.get("user")

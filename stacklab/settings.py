@@ -4,9 +4,11 @@ Production differences are environment values, not a second settings file."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -118,12 +120,24 @@ def celery_broker_url(redis_url: str) -> str:
     return redis_url
 
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_PREFIX", "stacklab")},
+# A socket waits for its next message with a blocking BZPOPMIN of up to 5 s (channels-redis's
+# `RedisChannelLayer.brpop_timeout`). redis-py 8 gives every connection, `redis://` and `unix://`
+# alike, a 5 s read timeout by default (`redis._defaults.DEFAULT_SOCKET_TIMEOUT`), so a socket
+# quiet for 5 s raced its own read timeout, lost, and was closed with 1011. Reads get this much
+# longer than the longest block; it still bounds a read from a Redis that stopped answering.
+# A `socket_timeout` in the URL's query wins.
+CHANNEL_LAYER_READ_TIMEOUT = 15.0
+
+
+def channel_layers(redis_url: str, prefix: str) -> dict[str, Any]:
+    """The Channels layer on the Redis at `redis_url` (`redis://host:port/db` or `unix://path`)."""
+    host = {"address": redis_url, "socket_timeout": CHANNEL_LAYER_READ_TIMEOUT}
+    return {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [host], "prefix": prefix}}
     }
-}
+
+
+CHANNEL_LAYERS = channel_layers(REDIS_URL, os.environ.get("CHANNEL_PREFIX", "stacklab"))
 
 # The watcher keeps each lab's last minutes of traffic figures here, so a reloaded page redraws
 # its charts; shared by the processes through Redis.
@@ -145,13 +159,18 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Unacked tasks come back after this long; provisioning is far shorter, so a lost worker's lab
-# is retried rather than forgotten.
+# Unacked tasks come back after this long. Labs do not wait for it (a lost provision is found
+# by its lapsed lease or by the provision sweep, see sweep-provisions); it stays longer than any
+# task runs, so a task still at work is never handed to a second worker as well.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 900}
 CELERY_BEAT_SCHEDULE_FILENAME = str(RUN_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "reap-labs": {"task": "sandbox.tasks.reap_labs", "schedule": 30.0},
+    # Often, so a lab whose provisioning died or whose task was lost is over within a minute.
+    "sweep-provisions": {"task": "sandbox.tasks.sweep_provisions", "schedule": 10.0},
     "reconcile-labs": {"task": "sandbox.tasks.reconcile_labs", "schedule": 60.0},
+    # Puts back lab isolation rules that went missing while labs run (sandbox/isolation.py).
+    "keep-lab-isolation": {"task": "sandbox.tasks.keep_lab_isolation", "schedule": 60.0},
     "stop-labs-over-hours": {"task": "course.tasks.stop_labs_over_hours", "schedule": 60.0},
 }
 
@@ -207,11 +226,37 @@ STATICFILES_DIRS = [
 ]
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+
+def client_error_as_one_line(record: logging.LogRecord) -> bool:
+    """A request Django answers with a 4xx (a body over DATA_UPLOAD_MAX_MEMORY_SIZE, too many
+    fields, a malformed multipart body, a foreign Host, an admin lookup on a field it may not
+    filter by) is the client's doing: one warning line with the path, no traceback. Django logs
+    these at ERROR with the exception attached. Records without a status code (every other
+    log line) and 5xx answers pass unchanged."""
+    if getattr(record, "status_code", 500) >= 500:
+        return True
+    request = getattr(record, "request", None)  # Django's `extra`, with the status code
+    if record.name.startswith("django.security.") and request is not None:
+        record.msg, record.args = f"{record.getMessage()} ({request.method} {request.path})", ()
+    record.exc_info, record.exc_text = None, None
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
+
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"client_error_as_one_line": {"()": lambda: client_error_as_one_line}},
+    # On the handler, not on loggers one by one: Django logs each refused request to
+    # django.security.<the SuspiciousOperation's class>, and the admin alone has several.
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["client_error_as_one_line"]}
+    },
+    # Django's default config gives its "django" logger handlers of its own (a console one when
+    # DEBUG is on, mail_admins), which would see a refused request before the filter above does:
+    # every line goes through the one console instead.
+    "loggers": {"django": {"handlers": [], "propagate": True}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
 
@@ -227,7 +272,18 @@ CONTENT_AUTOLOAD = env_bool("STACKLAB_CONTENT_AUTOLOAD", DEBUG)
 STACKLAB_INSTANCE = os.environ.get("STACKLAB_INSTANCE", "default")
 # Per-lab /24 networks are carved from this pool, so many labs never exhaust Docker's own pools.
 LAB_SUBNET_POOL = os.environ.get("LAB_SUBNET_POOL", "10.213.0.0/16")
+# Firewall rules keep that pool (and every lab bridge, sl-<lab>) off the host and off every other
+# network (sandbox/isolation.py): the worker installs them at start, checks them before each lab
+# (a lab is not started without them) and beat has them put back every minute. Turn off only
+# when the engine runs on another host, whose firewall must then do the same.
+LAB_ISOLATION = env_bool("STACKLAB_LAB_ISOLATION", True)
 LAB_PROVISION_TIMEOUT = int(os.environ.get("LAB_PROVISION_TIMEOUT", "180"))
+# A provisioning run renews its lab's lease every third of this (seconds); a lease left to lapse
+# means the run died with its worker, and the provision sweep fails the lab and removes it.
+LAB_PROVISION_LEASE = int(os.environ.get("LAB_PROVISION_LEASE", "15"))
+# A lab still `requested` this long (seconds) has lost its provision task: queued again once,
+# then failed (see lifecycle.sweep_provisions).
+LAB_REQUEST_GRACE = int(os.environ.get("LAB_REQUEST_GRACE", "15"))
 # Demo accounts are created by `manage.py setup_demo` (run by `make run`) unless turned off.
 DEMO_PASSWORD = os.environ.get("DEMO_PASSWORD", "stacklab-demo")
 

@@ -77,6 +77,7 @@ class FakeEngine:
         self.nodes: dict[tuple[str, str], str] = {}  # (lab, node) -> status
         self.networks: set[str] = set()
         self.fail_on_start: str | None = None
+        self.exit_on_start: dict[str, str] = {}  # node -> what it prints before it exits
         self.removed: list[str] = []
         self.images: list[Path] = []
         self.actions: list[tuple[str, str]] = []
@@ -101,7 +102,7 @@ class FakeEngine:
     def start_node(self, run: NodeRun, network: Network) -> str:
         if run.name == self.fail_on_start:
             raise EngineError(f"Could not start node {run.name}: no space left on device")
-        self.nodes[(run.lab, run.name)] = "running"
+        self.nodes[(run.lab, run.name)] = "exited" if run.name in self.exit_on_start else "running"
         return f"id-{run.name}"
 
     def node_statuses(self, lab: str | None = None) -> list[NodeStatus]:
@@ -110,6 +111,9 @@ class FakeEngine:
             for (l, n), s in self.nodes.items()
             if lab is None or l == lab
         ]
+
+    def last_output(self, lab: str, node: str, lines: int = 5) -> str:
+        return "\n".join(self.exit_on_start.get(node, "").splitlines()[-lines:])
 
     def exec(
         self, lab: str, node: str, command: list[str], user: str | None = None, timeout: float | None = None
@@ -161,6 +165,10 @@ def engine() -> Iterator[Engine]:
     except (EngineUnavailable, Exception) as exc:  # noqa: BLE001 - any failure means "no engine"
         unavailable(f"Docker engine ({exc})")
     assert settings.STACKLAB_INSTANCE != "default", "tests must never label objects as the default instance"
+    # As the worker does at start: every lab the suite runs is cut off from the host.
+    from sandbox.isolation import install_at_start
+
+    install_at_start("tests")
     for slug in list_labs():
         package = load_lab(slug)
         for node in package.spec.nodes:
@@ -185,17 +193,27 @@ def redis_channel_layer(settings) -> None:  # noqa: ANN001 - pytest-django's set
 
 
 @pytest.fixture(autouse=True)
-def _engine_only_where_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def _engine_only_where_marked(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    settings,  # noqa: ANN001 - pytest-django's settings fixture
+) -> None:
     """A test not marked `docker` that reaches for the real engine fails instead of starting
-    containers behind everyone's back."""
+    containers behind everyone's back. Its fake engine is on no host of ours, so the host's lab
+    isolation rules are off, and reaching the host firewall fails too."""
     if request.node.get_closest_marker("docker") is not None:
         return
-    from sandbox import lifecycle
+    from sandbox import isolation, lifecycle
 
     def refuse() -> Engine:
         raise AssertionError("this test reached the real Docker engine: mark it `docker` or pass a fake engine")
 
+    def refuse_firewall(argv: object) -> isolation.CommandResult:
+        raise AssertionError("this test reached the host firewall: mark it `docker` or pass a fake runner")
+
     monkeypatch.setattr(lifecycle, "connect_engine", refuse)
+    monkeypatch.setattr(isolation, "run_command", refuse_firewall)
+    settings.LAB_ISOLATION = False
 
 
 @pytest.fixture(autouse=True)

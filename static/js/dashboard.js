@@ -183,12 +183,18 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}${root.dataset.socketPath}`);
   let opened = false;
+  let heard = false;
   socket.addEventListener("open", () => {
     opened = true;
-    retryDelay = 500;
-    setLive("true", "live");
   });
   socket.addEventListener("message", (event) => {
+    // The first message, not the open, ends the backoff and shows "live" (see lab.js: 4503
+    // while Redis is away).
+    if (!heard) {
+      heard = true;
+      retryDelay = 500;
+      setLive("true", "live");
+    }
     const message = JSON.parse(event.data);
     const handle = handlers[message.type];
     if (!handle) return;

@@ -251,13 +251,20 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}/ws/labs/${labId}/`);
   let opened = false;
+  let heard = false;
   socket.addEventListener("open", () => {
     opened = true;
-    retryDelay = 500;
-    field("connection").textContent = "";
-    setLive("true");
   });
   socket.addEventListener("message", (event) => {
+    // The first message, not the open, ends the backoff and shows the page live: a socket the
+    // server closes right away (4503 while Redis is away) keeps backing off instead of
+    // reconnecting twice a second, and the page does not flicker "live" on each try.
+    if (!heard) {
+      heard = true;
+      retryDelay = 500;
+      field("connection").textContent = "";
+      setLive("true");
+    }
     const message = JSON.parse(event.data);
     if (handlers[message.type]) handlers[message.type](message);
     dispatch(message.type, message);

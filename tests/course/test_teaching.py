@@ -270,6 +270,9 @@ def test_an_invite_with_every_field_empty_never_expires_and_has_no_limit(cohort:
         ({"expires_at": "2001-01-01T09:00"}, "Pick a time in the future"),
         ({"expires_at": "next tuesday"}, "Enter a valid date/time."),
         ({"max_uses": "0"}, "Ensure this value is greater than or equal to 1."),
+        # More than the column holds (2**31 - 1 on PostgreSQL): a form error, never a 500.
+        ({"max_uses": str(10**40)}, "Ensure this value is less than or equal to 2147483647."),
+        ({"max_uses": "2147483648"}, "Ensure this value is less than or equal to 2147483647."),
         ({"allowed_domains": "uni.example, not a domain"}, "Not a domain name: not a domain."),
     ],
 )
@@ -362,6 +365,10 @@ def test_quotas_set_on_the_page_are_saved_and_empty_means_no_limit(cohort: Cohor
         ({"lab_hours_per_learner": "-3"}, "Ensure this value is greater than or equal to 0."),
         ({"lab_hours_per_learner": "2.25"}, "Ensure that there are no more than 1 decimal place."),
         ({"max_labs_running": "many"}, "Enter a whole number."),
+        ({"max_labs_running": str(10**40)}, "Ensure this value is less than or equal to 2147483647."),
+        ({"max_labs_per_learner": "2147483648"}, "Ensure this value is less than or equal to 2147483647."),
+        ({"lab_hours_per_learner": "1e40"}, "Ensure that there are no more than 6 digits in total."),
+        ({"lab_hours_per_learner": "Infinity"}, "Enter a number."),
     ],
 )
 def test_bad_quotas_are_refused_and_change_nothing(cohort: Cohort, teacher: User, data: dict, error: str) -> None:

@@ -10,7 +10,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -41,42 +44,101 @@ def wait_for(check, timeout: float, what: str):  # noqa: ANN001, ANN201
     raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
 
 
-@pytest.fixture(scope="session")
-def stacklab(tmp_path_factory: pytest.TempPathFactory, engine) -> Iterator[str]:  # noqa: ANN001
-    """The base URL of a `make run` started for this test session, stopped (and its labs
-    removed from the engine) at the end."""
-    run_dir = Path("/tmp") / f"stacklab-smoke-{os.getpid()}"  # short: Unix socket paths are limited
+def processes_of(root: int) -> dict[int, tuple[int, str]]:
+    """Every live process under `root` (a `make run` started in a session of its own): pid ->
+    (parent pid, command line). That is its descendants (whatever their process group or session)
+    and any process left in its session after its parent has gone."""
+    table: dict[int, tuple[int, int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The command name in parentheses may hold spaces: the fields start after the last ')'.
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[3]), cmdline)
+
+    def is_under_root(pid: int) -> bool:
+        seen = set()
+        while pid in table and pid not in seen:
+            seen.add(pid)
+            ppid, sid, _ = table[pid]
+            if pid == root or sid == root:
+                return True
+            pid = ppid
+        return False
+
+    return {pid: (ppid, cmdline) for pid, (ppid, _, cmdline) in table.items() if is_under_root(pid)}
+
+
+def kill_processes_of(root: int) -> None:
+    for pid in processes_of(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class MakeRun:
+    """A `make run` started as a newcomer runs it, in a session of its own."""
+
+    url: str
+    process: subprocess.Popen
+    log: IO[str]
+    instance: str
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+
+@contextmanager
+def start_make_run(log_path: Path, name: str) -> Iterator[MakeRun]:
+    """`make run` with no DATABASE_URL, no REDIS_URL, its own run directory, port and engine label,
+    once it serves the login page. At the end it is stopped as Ctrl-C would (falling back to
+    SIGKILL for every process of its session) and its labs are removed from the engine."""
+    run_dir = Path("/tmp") / f"stacklab-{name}-{os.getpid()}"  # short: Unix socket paths are limited
     run_dir.mkdir(exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
-    env.update(STACKLAB_RUN_DIR=str(run_dir), STACKLAB_PORT=str(port), STACKLAB_INSTANCE=f"smoke-{os.getpid()}")
-    log = (tmp_path_factory.mktemp("smoke") / "make-run.log").open("w+")
+    env.update(STACKLAB_RUN_DIR=str(run_dir), STACKLAB_PORT=str(port), STACKLAB_INSTANCE=f"{name}-{os.getpid()}")
+    log = log_path.open("w+")
     process = subprocess.Popen(
         ["make", "run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
+    run = MakeRun(url=url, process=process, log=log, instance=env["STACKLAB_INSTANCE"])
     try:
-
-        def printed_url() -> bool:
-            log.seek(0)
-            return f"starting at {url}/" in log.read()
-
-        wait_for(printed_url, 300, "the printed URL")
+        wait_for(lambda: f"starting at {url}/" in run.output(), 300, "the printed URL")
         wait_for(lambda: httpx.get(f"{url}/accounts/login/").status_code == 200, 60, "the login page")
-        yield url
+        yield run
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.seek(0)
-        print(log.read()[-5000:])
-        leftovers = Engine(instance=env["STACKLAB_INSTANCE"], subnet_pool="10.213.0.0/16")
+            pass
+        kill_processes_of(process.pid)
+        process.wait()
+        print(run.output()[-5000:])
+        log.close()
+        leftovers = Engine(instance=run.instance, subnet_pool="10.213.0.0/16")
         for lab in leftovers.lab_ids():
             leftovers.remove_lab(lab)
         subprocess.run(["rm", "-rf", str(run_dir)], check=False)
+
+
+@pytest.fixture(scope="session")
+def stacklab(tmp_path_factory: pytest.TempPathFactory, engine) -> Iterator[str]:  # noqa: ANN001
+    """The base URL of a `make run` started for this test session, stopped (and its labs
+    removed from the engine) at the end."""
+    with start_make_run(tmp_path_factory.mktemp("smoke") / "make-run.log", "smoke") as run:
+        yield run.url
 
 
 @pytest.fixture(scope="session")

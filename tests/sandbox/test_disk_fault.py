@@ -65,9 +65,9 @@ def test_fill_disk_fails_app_3_and_free_disk_heals_it(engine: Engine, learner: U
     try:
         network = engine.create_network(lab.short_id, lab.owner_id)
         images = {node.name: engine.ensure_image(package.build_context(node)) for node in package.spec.nodes}
-        # The run lifecycle would start, scratch mount included; only app-3 is needed here.
+        # The run lifecycle would start, writable paths included; only app-3 is needed here.
         run = next(run for _, run in lifecycle._node_runs(package, lab, images, network) if run.name == NODE)
-        assert run.scratch == {"/var/lib/app": 16 * 1024**2}
+        assert run.writable["/var/lib/app"] == 16 * 1024**2
         started = time.monotonic()
         engine.start_node(run, network)
         deadline = time.monotonic() + 20

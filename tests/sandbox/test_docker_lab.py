@@ -256,5 +256,5 @@ def test_reconcile_after_a_restart_agrees_both_ways(engine: Engine, learner: Use
         thread.join(timeout=10)
     lab.refresh_from_db()
     assert lab.state == Lab.State.FAILED
-    assert lab.reason == "The lab's containers disappeared from the Docker engine."
+    assert lab.reason == "The lab's containers were removed outside Stacklab; launch the lab again."
     assert lab_objects(engine, "0rphan000002") == ([], [])

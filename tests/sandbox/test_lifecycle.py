@@ -104,6 +104,22 @@ def test_failed_provision_removes_what_it_made_and_says_why(learner, fake_engine
     assert fake_engine.removed == [lab.short_id]
 
 
+def test_a_node_that_exits_while_starting_fails_the_lab_with_its_last_lines(
+    learner,  # noqa: ANN001
+    fake_engine: FakeEngine,
+) -> None:
+    fake_engine.exit_on_start = {
+        "db": "\n".join(f"line {n}" for n in range(1, 8)) + "\nstacklab: could not fill /var/lib/postgresql"
+    }
+    lab = launch(learner)
+    lifecycle.provision_lab(str(lab.id), engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.FAILED
+    assert lab.reason == (
+        "Node db stopped while starting: line 4\nline 5\nline 6\nline 7\nstacklab: could not fill /var/lib/postgresql"
+    )
+
+
 def test_launch_with_engine_down_is_retried_then_fails_with_the_reason(learner) -> None:  # noqa: ANN001
     attempts = []
 
@@ -250,8 +266,38 @@ def test_reconcile_fails_a_ready_lab_whose_containers_vanished(learner, fake_eng
     report = lifecycle.reconcile_labs(engine_factory=lambda: fake_engine)
     lab.refresh_from_db()
     assert lab.state == Lab.State.FAILED
-    assert "disappeared" in lab.reason
+    assert lab.reason == "The lab's containers were removed outside Stacklab; launch the lab again."
     assert report["vanished"] == [lab.short_id]
+
+
+def test_reconcile_fails_a_ready_lab_whose_containers_were_removed_while_its_network_remains(
+    learner,  # noqa: ANN001
+    fake_engine: FakeEngine,
+) -> None:
+    lab = ready_lab(learner, fake_engine)
+    Node.objects.filter(lab=lab).update(state=Node.State.HEALTHY)
+    fake_engine.nodes.clear()  # `docker rm -f` of every container; the network stays
+    report = lifecycle.reconcile_labs(engine_factory=lambda: fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.FAILED
+    assert lab.reason == "The lab's containers were removed outside Stacklab; launch the lab again."
+    assert report["vanished"] == [lab.short_id]
+    assert fake_engine.lab_ids() == set()  # the leftover network went too
+    assert set(Node.objects.filter(lab=lab).values_list("state", flat=True)) == {Node.State.DOWN}
+    assert LabEvent.objects.filter(lab=lab).last().message == f"Lab failed: {lab.reason}"
+
+
+def test_reconcile_puts_the_node_changes_it_finds_on_the_timeline(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
+    lab = ready_lab(learner, fake_engine)
+    Node.objects.filter(lab=lab).update(state=Node.State.HEALTHY)
+    fake_engine.act_on_node(lab.short_id, "app-3", "kill")  # its events were missed
+    with mock.patch("sandbox.lifecycle.publish") as publish:
+        lifecycle.reconcile_labs(engine_factory=lambda: fake_engine)
+    assert LabEvent.objects.filter(lab=lab, kind=LabEvent.Kind.NODE).last().message == (
+        "app-3 is down (checked with the engine)"
+    )
+    nodes = [call.args[1] for call in publish.call_args_list if call.args[1]["type"] == "node"]
+    assert [(m["name"], m["state"]) for m in nodes] == [("app-3", "down")]
 
 
 def test_reconcile_marks_nodes_the_engine_lost(learner, fake_engine: FakeEngine) -> None:  # noqa: ANN001
@@ -386,3 +432,79 @@ def test_reaper_still_stops_an_idle_lab_whose_package_is_gone(learner, fake_engi
     report = lifecycle.reap_labs(engine_factory=lambda: fake_engine)
     assert report["idle"] == [lab.short_id]
     assert Lab.objects.get(pk=lab.pk).reason == "Stopped after 30 minutes without activity."
+
+
+def _resync_directly(lab: Lab, engine: FakeEngine) -> None:
+    lifecycle.sync_nodes(lab, engine)  # the monitor's resync and its while_down confirmation
+
+
+def _reconcile(lab: Lab, engine: FakeEngine) -> None:
+    lifecycle.reconcile_labs(engine_factory=lambda: engine)  # beat's reconcile
+
+
+@pytest.mark.parametrize("resync", [_resync_directly, _reconcile])
+def test_a_node_event_written_while_the_engine_is_asked_is_not_undone_by_the_older_reading(
+    learner,  # noqa: ANN001
+    fake_engine: FakeEngine,
+    resync,  # noqa: ANN001
+) -> None:
+    lab = ready_lab(learner, fake_engine)
+    Node.objects.filter(lab=lab).update(state=Node.State.HEALTHY)
+    read_engine = fake_engine.node_statuses
+    killed = []
+
+    def learner_kills_app_3_meanwhile(short_id: str | None = None) -> list:
+        statuses = read_engine(short_id)  # the engine still had app-3 running when it answered...
+        if not killed:  # ...then the learner killed it, and the events thread wrote its `die`
+            killed.append(True)
+            fake_engine.act_on_node(lab.short_id, "app-3", "kill")
+            lifecycle.set_node_state(lab.pk, "app-3", Node.State.DOWN)
+        return statuses
+
+    with mock.patch.object(fake_engine, "node_statuses", side_effect=learner_kills_app_3_meanwhile):
+        resync(lab, fake_engine)
+    assert killed
+    assert Node.objects.get(lab=lab, name="app-3").state == Node.State.DOWN
+    assert not LabEvent.objects.filter(lab=lab, message="app-3 is healthy (checked with the engine)").exists()
+
+
+def test_reconcile_sets_down_a_pending_node_of_a_ready_lab_that_the_engine_lost(
+    learner,  # noqa: ANN001
+    fake_engine: FakeEngine,
+) -> None:
+    lab = ready_lab(learner, fake_engine)
+    Node.objects.filter(lab=lab).update(state=Node.State.HEALTHY)
+    Node.objects.filter(lab=lab, name="app-3").update(state=Node.State.PENDING)  # its events never came
+    del fake_engine.nodes[(lab.short_id, "app-3")]
+    report = lifecycle.reconcile_labs(engine_factory=lambda: fake_engine)
+    assert report["resynced"] == [lab.short_id]
+    assert Node.objects.get(lab=lab, name="app-3").state == Node.State.DOWN
+
+
+def test_a_provisioning_lab_keeps_its_pending_nodes_that_are_not_started_yet(
+    learner,  # noqa: ANN001
+    fake_engine: FakeEngine,
+) -> None:
+    lab = ready_lab(learner, fake_engine)
+    Lab.objects.filter(pk=lab.pk).update(state=Lab.State.PROVISIONING)
+    lab.refresh_from_db()
+    Node.objects.filter(lab=lab, name="app-3").update(state=Node.State.PENDING)
+    del fake_engine.nodes[(lab.short_id, "app-3")]
+    lifecycle.sync_nodes(lab, fake_engine)
+    assert Node.objects.get(lab=lab, name="app-3").state == Node.State.PENDING
+
+
+def test_a_node_state_set_off_the_timeline_is_published_but_not_recorded(
+    learner,  # noqa: ANN001
+    fake_engine: FakeEngine,
+) -> None:
+    lab = ready_lab(learner, fake_engine)
+    Node.objects.filter(lab=lab).update(state=Node.State.HEALTHY)
+    lines = LabEvent.objects.filter(lab=lab).count()
+    with mock.patch("sandbox.lifecycle.publish") as publish:
+        assert lifecycle.set_node_state(lab.pk, "app-3", Node.State.DOWN, on_timeline=False)
+    assert Node.objects.get(lab=lab, name="app-3").state == Node.State.DOWN
+    assert [(m["type"], m["name"], m["state"]) for m in (c.args[1] for c in publish.call_args_list)] == [
+        ("node", "app-3", "down")
+    ]
+    assert LabEvent.objects.filter(lab=lab).count() == lines

@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from sandbox import lifecycle
 from sandbox.checks import Outcome
-from sandbox.engine import NodeEvent
-from sandbox.models import Lab, Node, ObjectiveResult
+from sandbox.engine import EngineError, EngineUnavailable, NodeEvent
+from sandbox.models import Lab, LabEvent, Node, ObjectiveResult
 from sandbox.monitor import LabWatch, Monitor
 from sandbox.payloads import snapshot_payload
 from sandbox.specs import ObjectiveSpec, load_lab
@@ -39,6 +39,7 @@ def publishing() -> Iterator[mock.Mock]:
     sent = mock.Mock()
     with (
         mock.patch("sandbox.monitor.publish", sent),
+        mock.patch("sandbox.lifecycle.publish", sent),
         mock.patch("sandbox.results.publish", sent),
         mock.patch("sandbox.timeline.publish", sent),
     ):
@@ -136,6 +137,93 @@ def test_unpaused_node_takes_its_state_from_the_engine(watched, fake_engine) -> 
     assert Node.objects.get(lab=lab, name="app-1").state == Node.State.HEALTHY
 
 
+def test_oom_kill_of_a_process_leaves_a_running_node_as_the_engine_has_it(watched, fake_engine) -> None:  # noqa: ANN001
+    lab, watch = watched
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    monitor.watches[str(lab.id)] = watch
+    with publishing() as publish:
+        # A learner's process in app-3 was OOM-killed; the container runs on, healthy.
+        monitor.handle_event(NodeEvent(lab=lab.short_id, name="app-3", action="oom", time=0.0), fake_engine)
+    assert Node.objects.get(lab=lab, name="app-3").state == Node.State.HEALTHY
+    assert watch.not_serving() == frozenset()
+    sent = [call.args[1] for call in publish.call_args_list]
+    assert [m["type"] for m in sent] == ["event"]
+    assert sent[0]["message"] == "A process in app-3 ran out of memory and was killed"
+
+
+def test_oom_that_ended_the_node_sets_it_down(watched, fake_engine) -> None:  # noqa: ANN001
+    lab, watch = watched
+    fake_engine.nodes[(lab.short_id, "app-3")] = "exited"  # the OOM killer took its main process
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    with publishing():
+        monitor.handle_event(NodeEvent(lab=lab.short_id, name="app-3", action="oom", time=0.0), fake_engine)
+    assert Node.objects.get(lab=lab, name="app-3").state == Node.State.DOWN
+    assert list(LabEvent.objects.filter(lab=lab, kind=LabEvent.Kind.NODE).values_list("message", flat=True)) == [
+        "A process in app-3 ran out of memory and was killed",
+        "app-3 is down",
+    ]
+
+
+def test_an_objective_is_not_met_on_a_node_state_the_engine_does_not_confirm(watched, fake_engine) -> None:  # noqa: ANN001
+    lab, watch = watched
+    # The row says app-3 is down, but the engine has it running (a wrong or stale state).
+    Node.objects.filter(lab=lab, name="app-3").update(state=Node.State.DOWN)
+    watch.node_states["app-3"] = Node.State.DOWN
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    with publishing():
+        for second in range(40):
+            monitor.handle_report(watch, report(1000.0 + second))
+    result = ObjectiveResult.objects.get(lab=lab, key="survives-replica-loss")
+    assert result.status != "met"
+    assert result.first_met_at is None
+    assert Node.objects.get(lab=lab, name="app-3").state == Node.State.HEALTHY
+    assert LabEvent.objects.filter(lab=lab, message="app-3 is healthy (checked with the engine)").exists()
+
+
+def test_an_objective_is_met_once_the_engine_confirms_the_node_is_down(watched, fake_engine) -> None:  # noqa: ANN001
+    lab, watch = watched
+    fake_engine.act_on_node(lab.short_id, "app-3", "kill")
+    Node.objects.filter(lab=lab, name="app-3").update(state=Node.State.DOWN)
+    watch.node_states["app-3"] = Node.State.DOWN
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    with publishing(), mock.patch.object(fake_engine, "node_statuses", wraps=fake_engine.node_statuses) as asked:
+        for second in range(40):
+            monitor.handle_report(watch, report(1000.0 + second))
+    result = ObjectiveResult.objects.get(lab=lab, key="survives-replica-loss")
+    assert (result.status, result.reason) == ("met", "Error rate 0% over 30 s while app-3 is down")
+    assert asked.call_count == 1  # asked once, when it was about to be met; not every second
+
+
+def test_resync_after_lost_events_puts_node_changes_on_the_timeline(watched, fake_engine) -> None:  # noqa: ANN001
+    lab, _ = watched
+    fake_engine.act_on_node(lab.short_id, "app-1", "kill")
+    with publishing() as publish:
+        Monitor(engine_factory=lambda: fake_engine)._resync(fake_engine)
+    assert Node.objects.get(lab=lab, name="app-1").state == Node.State.DOWN
+    sent = [call.args[1] for call in publish.call_args_list]
+    assert [(m["type"], m.get("name"), m.get("message")) for m in sent] == [
+        ("node", "app-1", None),
+        ("event", None, "app-1 is down (checked with the engine)"),
+    ]
+
+
+def test_removing_every_node_of_a_ready_lab_fails_it_at_the_last_destroy(watched, fake_engine) -> None:  # noqa: ANN001
+    lab, watch = watched
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    monitor.watches[str(lab.id)] = watch
+    names = [name for (short_id, name) in list(fake_engine.nodes) if short_id == lab.short_id]
+    with publishing():
+        for name in names:  # `docker rm -f` of each container; the network stays
+            del fake_engine.nodes[(lab.short_id, name)]
+            monitor.handle_event(NodeEvent(lab=lab.short_id, name=name, action="destroy", time=0.0), fake_engine)
+            if name != names[-1]:
+                assert Lab.objects.get(pk=lab.pk).state == Lab.State.READY
+    lab.refresh_from_db()
+    assert lab.state == Lab.State.FAILED
+    assert lab.reason == "The lab's containers were removed outside Stacklab; launch the lab again."
+    assert fake_engine.lab_ids() == set()
+
+
 def test_unreadable_report_is_ignored(watched) -> None:  # noqa: ANN001
     lab, watch = watched
     with publishing() as publish:
@@ -215,3 +303,123 @@ def test_a_check_with_fails_rides_out_one_bad_run(watched) -> None:  # noqa: ANN
         monitor.handle_check(watch, objective, Outcome(False, "exited 1"))
         monitor.handle_check(watch, objective, Outcome(False, "exited 1"))
     assert ObjectiveResult.objects.get(lab=lab, key="health-checked").status == "failing"
+
+
+@pytest.mark.parametrize("leaving", [Lab.State.STOPPING, Lab.State.REQUESTED])  # stopped; reset (remove, then rebuild)
+def test_destroy_events_of_a_lab_the_platform_is_removing_leave_the_lab_alone(
+    watched,  # noqa: ANN001
+    fake_engine,  # noqa: ANN001
+    leaving,  # noqa: ANN001
+) -> None:
+    lab, watch = watched
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    monitor.watches[str(lab.id)] = watch
+    with publishing():
+        # Seen while ready, so the monitor knows the lab's short id when the destroys come.
+        monitor.handle_event(NodeEvent(lab=lab.short_id, name="app-1", action="start", time=0.0), fake_engine)
+        Lab.objects.filter(pk=lab.pk).update(state=leaving, reason="Stopped by the learner.")
+        names = [name for (short_id, name) in list(fake_engine.nodes) if short_id == lab.short_id]
+        for name in names:
+            del fake_engine.nodes[(lab.short_id, name)]
+            monitor.handle_event(NodeEvent(lab=lab.short_id, name=name, action="destroy", time=1.0), fake_engine)
+    lab.refresh_from_db()
+    assert lab.state == leaving
+    assert lab.reason == "Stopped by the learner."
+    assert not LabEvent.objects.filter(lab=lab, message__contains="removed outside Stacklab").exists()
+
+
+@pytest.mark.parametrize("error", [EngineUnavailable("Cannot reach the Docker engine"), EngineError("engine said 500")])
+def test_an_objective_is_not_met_while_the_engine_cannot_confirm_the_node_is_down(
+    watched,  # noqa: ANN001
+    fake_engine,  # noqa: ANN001
+    error,  # noqa: ANN001
+) -> None:
+    lab, watch = watched
+    fake_engine.act_on_node(lab.short_id, "app-3", "kill")
+    Node.objects.filter(lab=lab, name="app-3").update(state=Node.State.DOWN)
+    watch.node_states["app-3"] = Node.State.DOWN
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    with publishing(), mock.patch.object(fake_engine, "node_statuses", side_effect=error) as asked:
+        for second in range(40):
+            monitor.handle_report(watch, report(1000.0 + second))
+    result = ObjectiveResult.objects.get(lab=lab, key="survives-replica-loss")
+    assert result.status != "met"
+    assert result.first_met_at is None
+    # The verdict of the last second before it would be met stands, every second after it.
+    assert watch.verdicts["survives-replica-loss"] == ("pending", "Error rate 0% while app-3 is down: held 29 of 30 s")
+    assert asked.call_count > 1  # asked again on each report while it would be met
+    with publishing():
+        monitor.handle_report(watch, report(1040.0))  # the engine answers again
+    result.refresh_from_db()
+    assert (result.status, result.reason) == ("met", "Error rate 0% over 30 s while app-3 is down")
+
+
+def test_an_oom_the_engine_cannot_be_asked_about_is_on_the_timeline_once_when_handled_again(
+    watched,  # noqa: ANN001
+    fake_engine,  # noqa: ANN001
+) -> None:
+    lab, watch = watched
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    oom = NodeEvent(lab=lab.short_id, name="app-3", action="oom", time=1000.5)
+    with publishing():
+        with mock.patch.object(fake_engine, "node_statuses", side_effect=EngineUnavailable("Cannot reach the engine")):
+            with pytest.raises(EngineError):
+                monitor.handle_event(oom, fake_engine)
+        monitor.handle_event(oom, fake_engine)  # replayed after the reconnect
+    assert list(LabEvent.objects.filter(lab=lab, kind=LabEvent.Kind.NODE).values_list("message", flat=True)) == [
+        "A process in app-3 ran out of memory and was killed"
+    ]
+
+
+class ReplayingEvents:
+    """The engine's event stream as Docker serves it: a connection `since` a time replays every
+    event from the start of that whole second. The first connection is lost after its events."""
+
+    def __init__(self, monitor: Monitor, log: list[NodeEvent], first: int) -> None:
+        self.monitor, self.log, self.first = monitor, log, first
+        self.connections: list[float | None] = []
+
+    def events(self, since: float | None = None, actions: object = None) -> ReplayingEvents.Stream:
+        self.connections.append(since)
+        if since is None:
+            return self.Stream(self.log[: self.first], lost=True, monitor=self.monitor)
+        return self.Stream([e for e in self.log if e.time >= int(since)], lost=False, monitor=self.monitor)
+
+    class Stream:
+        def __init__(self, events: list[NodeEvent], lost: bool, monitor: Monitor) -> None:
+            self.events, self.lost, self.monitor = events, lost, monitor
+
+        def __iter__(self) -> Iterator[NodeEvent]:
+            yield from self.events
+            if self.lost:
+                raise EngineUnavailable("the engine's event stream ended")
+            self.monitor.stopping.set()  # everything was delivered: the test is over
+
+        def close(self) -> None:
+            pass
+
+
+def test_events_replayed_after_a_reconnect_are_handled_once(watched, fake_engine) -> None:  # noqa: ANN001
+    lab, watch = watched
+    monitor = Monitor(engine_factory=lambda: fake_engine)
+    fake_engine.act_on_node(lab.short_id, "app-2", "kill")
+    log = [
+        NodeEvent(lab=lab.short_id, name="app-3", action="oom", time=1000.0),
+        NodeEvent(lab=lab.short_id, name="app-2", action="die", time=1000.0),
+        # Same second as the last one handled, delivered only after the reconnect: not a replay.
+        NodeEvent(lab=lab.short_id, name="app-1", action="die", time=1000.0),
+    ]
+    stream = ReplayingEvents(monitor, log, first=2)
+    fake_engine.events = stream.events
+    with (
+        publishing(),
+        mock.patch("sandbox.monitor.RECONNECT_SECONDS", 0.0),
+        mock.patch("sandbox.monitor.close_old_connections"),
+        mock.patch("sandbox.monitor.connection"),  # the test's own connection stays open
+    ):
+        monitor._follow_events()
+    assert stream.connections == [None, 1000.0]
+    lines = list(LabEvent.objects.filter(lab=lab, kind=LabEvent.Kind.NODE).values_list("message", flat=True))
+    assert lines.count("A process in app-3 ran out of memory and was killed") == 1
+    assert Node.objects.get(lab=lab, name="app-2").state == Node.State.DOWN
+    assert Node.objects.get(lab=lab, name="app-1").state == Node.State.DOWN

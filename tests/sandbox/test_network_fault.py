@@ -56,6 +56,7 @@ def start_app(engine: Engine, lab: Lab, network: Network, name: str, index: int)
             memory_bytes=app.limits.memory_bytes,
             cpus=app.limits.cpus,
             pids=app.limits.pids,
+            writable=app.writable_bytes,
         ),
         network,
     )

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sandbox.specs import LabNotFound, LabSpecError, QuestionCheck, load_lab, parse_lab
+from sandbox.engine import SHM_BYTES
+from sandbox.specs import SHM_SIZE, LabNotFound, LabSpecError, QuestionCheck, load_lab, parse_lab, size_bytes
 
 LABS = Path(__file__).resolve().parents[2] / "labs"
 
@@ -107,34 +108,80 @@ def test_privileged_capabilities_are_refused(lab_copy: Path) -> None:
         parse_lab(lab_copy)
 
 
-def test_app_nodes_get_a_16m_scratch_disk() -> None:
-    app = load_lab("scaling-load-balancer").spec.node("app")
-    assert app.scratch_bytes == {"/var/lib/app": 16 * 1024**2}
+def test_every_node_writes_only_to_its_roles_paths_and_tmp_by_default() -> None:
+    spec = load_lab("cache-aside").spec  # no node of it declares `writable`
+    assert {node.name: node.writable_sizes for node in spec.nodes} == {
+        "db": {"/tmp": "16m", "/var/lib/postgresql": "64m", "/run/postgresql": "1m", "/etc/postgresql": "1m"},
+        "cache": {"/tmp": "16m", "/var/lib/redis": "16m", "/etc/redis": "1m"},
+        "app": {"/tmp": "16m", "/var/lib/app": "16m"},
+        "lb": {"/tmp": "16m", "/etc/haproxy": "1m", "/run/haproxy": "1m"},
+        "traffic": {"/tmp": "16m"},
+    }
+    assert spec.node("app").writable_bytes == {"/tmp": 16 * 1024**2, "/var/lib/app": 16 * 1024**2}
 
 
 def set_app(lab_copy: Path, **changes: object) -> None:
     rewrite(lab_copy, lambda d: next(n for n in d["nodes"] if n["name"] == "app").update(changes))
 
 
-@pytest.mark.parametrize("path", ["var/lib/app", "/", "/var/lib/../../etc", "/var/lib/app/", "/proc/x", "/dev"])
-def test_scratch_path_must_be_absolute_and_harmless(lab_copy: Path, path: str) -> None:
-    set_app(lab_copy, scratch={path: "16m"})
-    with pytest.raises(LabSpecError, match=r"nodes\.2\.scratch: '.*' (must be an absolute|would hide)"):
+def test_a_spec_adds_resizes_and_drops_writable_paths(lab_copy: Path) -> None:
+    set_app(lab_copy, writable={"/var/cache/app": "8m", "/tmp": "4m", "/var/lib/app": None})
+    app = parse_lab(lab_copy).spec.node("app")
+    assert app.writable_sizes == {"/tmp": "4m", "/var/cache/app": "8m"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["var/lib/app", "/", "/var/lib/../../etc", "/var/lib/app/", "/proc/x", "/dev", "/.stacklab", "/.stacklab/seed"],
+)
+def test_writable_path_must_be_absolute_and_harmless(lab_copy: Path, path: str) -> None:
+    set_app(lab_copy, writable={path: "16m"})
+    with pytest.raises(LabSpecError, match=r"lab.yaml:\d+: nodes\.2\.writable: '.*' (must be an absolute|would hide)"):
+        parse_lab(lab_copy)
+
+
+def test_writable_path_is_plain_characters(lab_copy: Path) -> None:
+    set_app(lab_copy, writable={"/var/lib/$(reboot)": "1m"})
+    with pytest.raises(LabSpecError, match=r"nodes\.2\.writable: '/var/lib/\$\(reboot\)': only letters, digits"):
         parse_lab(lab_copy)
 
 
 @pytest.mark.parametrize("size", ["512m", "16", "16 MB", "0m", "512k"])
-def test_scratch_size_must_be_sane(lab_copy: Path, size: str) -> None:
-    set_app(lab_copy, scratch={"/var/lib/app": size}, limits={"memory": "1g"})
-    with pytest.raises(LabSpecError, match=r"nodes\.2\.scratch: /var/lib/app: size must"):
+def test_writable_size_must_be_sane(lab_copy: Path, size: str) -> None:
+    set_app(lab_copy, writable={"/var/lib/app": size}, limits={"memory": "1g"})
+    with pytest.raises(LabSpecError, match=r"nodes\.2\.writable: /var/lib/app: size must"):
         parse_lab(lab_copy)
 
 
-def test_scratch_must_fit_under_the_memory_limit(lab_copy: Path) -> None:
-    set_app(lab_copy, scratch={"/var/lib/app": "64m", "/var/cache/app": "32m"})  # limit is 96m
+def test_writable_paths_must_fit_under_the_memory_limit(lab_copy: Path) -> None:
+    set_app(lab_copy, writable={"/var/lib/app": "64m", "/var/cache/app": "8m"})  # + /tmp, /dev/shm: 96m
     with pytest.raises(
-        LabSpecError, match=r"nodes\.2: scratch: the sizes together must stay below limits.memory \(96m\)"
+        LabSpecError,
+        match=r"nodes\.2: writable: the sizes together \(/tmp 16m \+ /var/cache/app 8m \+ /var/lib/app 64m \+ "
+        r"/dev/shm 8m\) must stay below limits.memory \(96m\)",
     ):
+        parse_lab(lab_copy)
+
+
+def test_dev_shm_counts_as_the_engine_sizes_it() -> None:
+    assert size_bytes(SHM_SIZE) == SHM_BYTES
+
+
+def test_role_defaults_count_against_a_small_memory_limit(lab_copy: Path) -> None:
+    rewrite(lab_copy, lambda d: next(n for n in d["nodes"] if n["name"] == "db").update(limits={"memory": "64m"}))
+    with pytest.raises(LabSpecError, match=r"nodes\.0: writable: the sizes together .* below limits.memory \(64m\)"):
+        parse_lab(lab_copy)
+
+
+def test_nested_writable_paths_are_refused(lab_copy: Path) -> None:
+    set_app(lab_copy, writable={"/var/lib/app/cache": "4m"})
+    with pytest.raises(LabSpecError, match=r"nodes\.2: writable: /var/lib/app/cache is inside /var/lib/app"):
+        parse_lab(lab_copy)
+
+
+def test_the_old_scratch_key_says_what_it_became(lab_copy: Path) -> None:
+    set_app(lab_copy, scratch={"/var/lib/app": "16m"})
+    with pytest.raises(LabSpecError, match=r"nodes\.2: scratch: renamed to writable"):
         parse_lab(lab_copy)
 
 
@@ -435,11 +482,13 @@ def test_http_checks_that_could_never_pass_are_refused(lab_copy: Path, check: st
     assert any(message in line for line in problems(lab_copy)), problems(lab_copy)
 
 
-def test_a_file_under_a_scratch_mount_would_be_hidden_and_is_refused(lab_copy: Path) -> None:
-    scratch = '    scratch: {"/var/lib/app": "16m"}\n'
-    edit(lab_copy, scratch, scratch + "    files: [{path: /var/lib/app/seed.txt, source: solve.sh}]\n")
-    hidden = "files: /var/lib/app/seed.txt would be hidden by the scratch mount at /var/lib/app"
-    assert any(hidden in line for line in problems(lab_copy))
+def test_a_file_may_go_under_a_writable_path_but_not_replace_one(lab_copy: Path) -> None:
+    writable = '    writable: {"/var/lib/app": "16m"}\n'
+    edit(lab_copy, writable, writable + "    files: [{path: /var/lib/app/seed.txt, source: solve.sh}]\n")
+    assert [file.path for file in parse_lab(lab_copy).spec.node("app").files] == ["/var/lib/app/seed.txt"]
+    lab_copy.write_text(lab_copy.read_text().replace("/var/lib/app/seed.txt", "/var/lib/app"))
+    message = "files: /var/lib/app is a writable path (a directory), not a file"
+    assert any(message in line for line in problems(lab_copy)), problems(lab_copy)
 
 
 def test_folded_choices_are_trimmed_so_they_can_be_picked(lab_copy: Path) -> None:

@@ -59,6 +59,7 @@ def lab_id(engine: Engine) -> Iterator[uuid.UUID]:
                     memory_bytes=node.limits.memory_bytes,
                     cpus=node.limits.cpus,
                     pids=node.limits.pids,
+                    writable=node.writable_bytes,  # a read-only root: haproxy writes /run/haproxy
                 ),
                 network,
             )
