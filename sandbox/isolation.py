@@ -15,6 +15,14 @@ it: a service the host binds on all interfaces answers them. So, for every lab b
 Matching the bridge (`-i sl-+`) holds even against a node with NET_RAW that forges its source
 address; matching the pool (`-s <pool>`) also covers networks made before bridges were named.
 
+IPv6 too: a lab's nodes have it off, but the host gives every bridge a link-local address, and a
+node with NET_RAW can write raw Ethernet frames carrying IPv6 to the bridge's MAC (and read the
+replies), reaching any host service bound to `[::]`. So ip6tables drops everything that arrives
+on a lab bridge (nothing of ours speaks IPv6 to a lab, so there is no reply to let through), and
+everything routed into or out of one: in DOCKER-USER when dockerd manages ip6tables (it then
+made that chain and jumps to it), else at the top of FORWARD itself. IPv6 has no pool
+rules: labs have no IPv6 addresses to match.
+
 The rules go through `iptables`, the same front end (and so the same nf_tables backend) Docker
 uses for its own. Each carries the comment `MARKER:<pool>`, so applying finds its own rules
 again: it adds what is missing and removes copies, and never touches anyone else's. Rules for
@@ -41,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 MARKER = "stacklab-lab-isolation"  # the comment on each rule is MARKER:<pool>
 IPTABLES = "iptables"
+IP6TABLES = "ip6tables"
+IPV4, IPV6 = "ipv4", "ipv6"  # the families of our rules, each with its own front end and chains
 # Seconds one iptables call may take: -w makes it wait for another writer's xtables lock.
 COMMAND_TIMEOUT = 20
 # Serialises our own appliers (the worker's processes, `manage.py lab_isolation`, tests) so two
@@ -98,11 +108,22 @@ class Rule:
     chain: str
     spec: tuple[str, ...]
     purpose: str = ""
+    family: str = IPV4
+
+    @property
+    def command(self) -> str:
+        return _command(self.family)
 
     @property
     def line(self) -> str:
-        """As `iptables -S` prints it (no word of ours holds a space)."""
-        return " ".join(["-A", self.chain, *self.spec])
+        """As `iptables -S` prints it (no word of ours holds a space); an IPv6 rule names ip6tables."""
+        words = ["-A", self.chain, *self.spec]
+        return " ".join(words if self.family == IPV4 else [IP6TABLES, *words])
+
+
+def _command(family: str) -> str:
+    # Looked up at call time, so tests can swap the names for ones that are not installed.
+    return IPTABLES if family == IPV4 else IP6TABLES
 
 
 @dataclass(frozen=True)
@@ -115,8 +136,9 @@ class RuleState:
 class IsolationReport:
     pool: str
     rules: list[RuleState]
-    # Docker's own `-A FORWARD -j DOCKER-USER`: without it (dockerd with iptables off, or not
-    # started yet) the DOCKER-USER rules are never consulted.
+    # Docker's own `-A FORWARD -j DOCKER-USER` (in ip6tables too when our IPv6 rules are in its
+    # DOCKER-USER): without it (dockerd with iptables off, or not started yet) the DOCKER-USER
+    # rules are never consulted.
     docker_user_reached: bool
     problem: str | None = None
 
@@ -154,8 +176,9 @@ def _network(pool: str) -> str:
     return str(network)
 
 
-def desired_rules(pool: str) -> list[Rule]:
-    """The rules that isolate every lab bridge and every lab network carved from `pool`."""
+def desired_rules(pool: str, ipv6_forward: str = "FORWARD") -> list[Rule]:
+    """The rules that isolate every lab bridge and every lab network carved from `pool`;
+    `ipv6_forward` is the ip6tables chain for routed traffic (see _ipv6_forward_chain)."""
     subnet = _network(pool)
     comment = ("-m", "comment", "--comment", f"{MARKER}:{subnet}")
     not_bridged = ("-m", "physdev", "!", "--physdev-is-bridged")
@@ -193,6 +216,25 @@ def desired_rules(pool: str) -> list[Rule]:
             ("-d", subnet, *not_bridged, *comment, "-j", "DROP"),
             "and nothing is routed into them",
         ),
+        Rule(
+            "INPUT",
+            ("-i", bridges, *comment, "-j", "DROP"),
+            "nothing a lab sends over IPv6 (raw frames from a node with NET_RAW) reaches this host; the host "
+            "opens nothing to a lab over IPv6, so there is no reply to let through",
+            IPV6,
+        ),
+        Rule(
+            ipv6_forward,
+            ("-i", bridges, *not_bridged, *comment, "-j", "DROP"),
+            "nothing a lab sends over IPv6 is routed anywhere",
+            IPV6,
+        ),
+        Rule(
+            ipv6_forward,
+            ("-o", bridges, *not_bridged, *comment, "-j", "DROP"),
+            "nothing is routed into a lab over IPv6",
+            IPV6,
+        ),
     ]
 
 
@@ -209,14 +251,15 @@ def _is_ours(spec: Sequence[str]) -> bool:
     return _marked_pool(spec) is not None
 
 
-def _chain(run: Runner, chain: str) -> list[tuple[str, ...]] | None:
+def _chain(run: Runner, chain: str, family: str = IPV4) -> list[tuple[str, ...]] | None:
     """The rules of a chain as `-A chain` specs (without `-A chain`); None if there is no chain."""
-    result = run([IPTABLES, "-w", "-S", chain])
+    command = _command(family)
+    result = run([command, "-w", "-S", chain])
     if result.returncode != 0:
         # iptables-nft 1.8.9 calls a chain that does not exist "incompatible"; older ones say so.
         if any(words in result.stderr.lower() for words in ("no chain", "incompatible")):
             return None
-        raise IsolationUnavailable(f"`{IPTABLES} -S {chain}` failed: {result.stderr.strip() or result.returncode}")
+        raise IsolationUnavailable(f"`{command} -S {chain}` failed: {result.stderr.strip() or result.returncode}")
     rules = []
     for line in result.stdout.splitlines():
         words = shlex.split(line)
@@ -233,7 +276,31 @@ def _leading(rules: list[tuple[str, ...]]) -> int:
     return count
 
 
-def _states(wanted: list[Rule], chain: str, rules: list[tuple[str, ...]] | None, pool: str) -> list[RuleState]:
+def _ipv6_forward_chain(run: Runner) -> str:
+    """Where our routed IPv6 rules go: DOCKER-USER when dockerd manages ip6tables (it made the
+    chain, jumps to it from FORWARD and inserts that jump on top again and again), else FORWARD."""
+    return "DOCKER-USER" if _chain(run, "DOCKER-USER", IPV6) is not None else "FORWARD"
+
+
+# Every chain that may hold rules of ours.
+ALL_CHAINS = [(IPV4, "INPUT"), (IPV4, "DOCKER-USER"), (IPV6, "INPUT"), (IPV6, "DOCKER-USER"), (IPV6, "FORWARD")]
+
+
+def _chains(run: Runner, pool: str) -> Iterator[tuple[str, str, list[Rule]]]:
+    """Each (family, chain) that holds rules of ours, with the rules wanted in it. IPv4 first, so
+    a worker without root hears about iptables. FORWARD in ip6tables is read even when our rules
+    belong in DOCKER-USER: ours left there before dockerd took IPv6 over are stale."""
+    for chain in ("INPUT", "DOCKER-USER"):
+        yield IPV4, chain, [r for r in desired_rules(pool) if (r.family, r.chain) == (IPV4, chain)]
+    ipv6_forward = _ipv6_forward_chain(run)
+    wanted = [r for r in desired_rules(pool, ipv6_forward) if r.family == IPV6]
+    for chain in dict.fromkeys(["INPUT", ipv6_forward, "FORWARD"]):
+        yield IPV6, chain, [r for r in wanted if r.chain == chain]
+
+
+def _states(
+    wanted: list[Rule], chain: str, rules: list[tuple[str, ...]] | None, pool: str, family: str = IPV4
+) -> list[RuleState]:
     """Each wanted rule of `chain` as present, missing or misplaced, plus our rules not wanted."""
     rules = rules or []
     leading = _leading(rules)
@@ -254,13 +321,13 @@ def _states(wanted: list[Rule], chain: str, rules: list[tuple[str, ...]] | None,
         if marked != pool:
             why = f"for pool {marked}" if marked else "of the first format (no pool named)"
             purpose = f"{why}: kept (another install on this host?); `lab_isolation --remove-stale` removes it"
-            states.append(RuleState(Rule(chain, spec, purpose), OTHER))
+            states.append(RuleState(Rule(chain, spec, purpose, family), OTHER))
             continue
         if spec in wanted_specs and spec not in seen:
             seen.add(spec)
             continue
         why = "a second copy" if spec in wanted_specs else "not wanted"
-        states.append(RuleState(Rule(chain, spec, f"{why}: removed when the rules are applied"), STALE))
+        states.append(RuleState(Rule(chain, spec, f"{why}: removed when the rules are applied", family), STALE))
     return states
 
 
@@ -269,21 +336,26 @@ def check_isolation(pool: str, run: Runner | None = None) -> IsolationReport:
     # Looked up at call time, so tests can swap `run_command` for a fake firewall.
     run = run or run_command
     try:
-        wanted = desired_rules(pool)
         subnet = _network(pool)
         states: list[RuleState] = []
-        for chain in ("INPUT", "DOCKER-USER"):
-            states += _states([r for r in wanted if r.chain == chain], chain, _chain(run, chain), subnet)
-        forward = _chain(run, "FORWARD") or []
+        for family, chain, mine in _chains(run, pool):
+            states += _states(mine, chain, _chain(run, chain, family), subnet, family)
+        # The families whose DOCKER-USER holds rules of ours: their FORWARD must jump to it.
+        jumping = {IPV4} | {s.rule.family for s in states if s.rule.chain == "DOCKER-USER" and s.state != OTHER}
+
+        def reached() -> bool:
+            return all(DOCKER_USER_JUMP in (_chain(run, "FORWARD", family) or []) for family in jumping)
+
+        docker_user_reached = reached()
         if all(s.state == PRESENT for s in states if s.state not in {STALE, OTHER}):
             # A jump missing for a moment is Docker re-inserting it (JUMP_GRACE): look again.
             deadline = time.monotonic() + JUMP_GRACE
-            while DOCKER_USER_JUMP not in forward and time.monotonic() < deadline:
+            while not docker_user_reached and time.monotonic() < deadline:
                 time.sleep(JUMP_POLL)
-                forward = _chain(run, "FORWARD") or []
+                docker_user_reached = reached()
     except IsolationUnavailable as exc:
         return IsolationReport(pool, [RuleState(rule, MISSING) for rule in _wanted_or_none(pool)], False, str(exc))
-    return IsolationReport(pool, states, DOCKER_USER_JUMP in forward)
+    return IsolationReport(pool, states, docker_user_reached)
 
 
 def _wanted_or_none(pool: str) -> list[Rule]:
@@ -299,10 +371,10 @@ def _must(run: Runner, argv: Sequence[str]) -> None:
         raise IsolationUnavailable(f"`{shlex.join(argv)}` failed: {result.stderr.strip() or result.returncode}")
 
 
-def _delete_copies(run: Runner, chain: str, spec: Sequence[str], copies: int) -> None:
+def _delete_copies(run: Runner, chain: str, spec: Sequence[str], copies: int, family: str = IPV4) -> None:
     # -D removes the first rule equal to the spec; ours carry MARKER, so it is always one of ours.
     for _ in range(copies):
-        _must(run, [IPTABLES, "-w", "-D", chain, *spec])
+        _must(run, [_command(family), "-w", "-D", chain, *spec])
 
 
 def _stand_in(spec: tuple[str, ...]) -> tuple[str, ...]:
@@ -334,7 +406,8 @@ def applier_lock() -> Iterator[None]:
 def apply_isolation(pool: str, run: Runner | None = None, remove_stale: bool = False) -> IsolationReport:
     """Bring this host's rules for `pool` to exactly the wanted ones, then report.
 
-    1. Create DOCKER-USER if dockerd has not yet (it adopts an existing one, as documented).
+    1. Create DOCKER-USER if dockerd has not yet (it adopts an existing one, as documented); in
+       ip6tables only dockerd makes it, else our IPv6 rules go in FORWARD.
     2. Per chain: insert each missing rule at the top, ahead of anything else.
     3. A copied rule: remove the copies below the one on top. A misplaced rule: a stand-in (the
        same rule, another comment) goes on top first, then every copy comes out, the rule goes
@@ -346,32 +419,32 @@ def apply_isolation(pool: str, run: Runner | None = None, remove_stale: bool = F
     """
     run = run or run_command
     try:
-        wanted = desired_rules(pool)
         subnet = _network(pool)
         with applier_lock():
-            for chain in ("INPUT", "DOCKER-USER"):
-                rules = _chain(run, chain)
+            for family, chain, mine in _chains(run, pool):
+                command = _command(family)
+                rules = _chain(run, chain, family)
                 if rules is None:
-                    _must(run, [IPTABLES, "-w", "-N", chain])
+                    _must(run, [command, "-w", "-N", chain])
                     rules = []
                 leading = _leading(rules)
-                for rule in (r for r in wanted if r.chain == chain):
+                for rule in mine:
                     copies = rules.count(rule.spec)
                     if copies == 0:
-                        _must(run, [IPTABLES, "-w", "-I", chain, "1", *rule.spec])
+                        _must(run, [command, "-w", "-I", chain, "1", *rule.spec])
                     elif rules[:leading].count(rule.spec) == copies:
                         # Every copy leads, so whichever -D leaves is ahead of anyone else's.
-                        _delete_copies(run, chain, rule.spec, copies - 1)
+                        _delete_copies(run, chain, rule.spec, copies - 1, family)
                     else:
                         stand_in = _stand_in(rule.spec)
-                        _must(run, [IPTABLES, "-w", "-I", chain, "1", *stand_in])
-                        _delete_copies(run, chain, rule.spec, copies)
-                        _must(run, [IPTABLES, "-w", "-I", chain, "1", *rule.spec])
-                        _must(run, [IPTABLES, "-w", "-D", chain, *stand_in])
-                wanted_specs = {rule.spec for rule in wanted}
+                        _must(run, [command, "-w", "-I", chain, "1", *stand_in])
+                        _delete_copies(run, chain, rule.spec, copies, family)
+                        _must(run, [command, "-w", "-I", chain, "1", *rule.spec])
+                        _must(run, [command, "-w", "-D", chain, *stand_in])
+                wanted_specs = {rule.spec for rule in mine}
                 for spec in dict.fromkeys(s for s in rules if _is_ours(s) and s not in wanted_specs):
                     if remove_stale or _marked_pool(spec) == subnet:
-                        _delete_copies(run, chain, spec, rules.count(spec))
+                        _delete_copies(run, chain, spec, rules.count(spec), family)
     except IsolationUnavailable as exc:
         return IsolationReport(pool, [RuleState(rule, MISSING) for rule in _wanted_or_none(pool)], False, str(exc))
     return check_isolation(pool, run)
@@ -384,10 +457,10 @@ def remove_isolation(pool: str, run: Runner | None = None) -> int:
     subnet = _network(pool)
     removed = 0
     with applier_lock():
-        for chain in ("INPUT", "DOCKER-USER"):
-            rules = _chain(run, chain) or []
+        for family, chain in ALL_CHAINS:
+            rules = _chain(run, chain, family) or []
             for spec in dict.fromkeys(s for s in rules if _marked_pool(s) == subnet):
-                _delete_copies(run, chain, spec, rules.count(spec))
+                _delete_copies(run, chain, spec, rules.count(spec), family)
                 removed += rules.count(spec)
     return removed
 

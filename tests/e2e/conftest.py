@@ -44,6 +44,39 @@ def wait_for(check, timeout: float, what: str):  # noqa: ANN001, ANN201
     raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
 
 
+def log_in_as_learner(client: httpx.Client) -> str:
+    """Log the demo learner in through the login form; the home page's HTML."""
+    login_page = client.get("/accounts/login/")
+    token = login_page.text.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
+    form = {"username": "learner", "password": "stacklab-demo", "csrfmiddlewaretoken": token}
+    return client.post("/accounts/login/", data=form).text
+
+
+def launch_first_lab_until_ready(client: httpx.Client, base_url: str, what: str) -> tuple[str, dict]:
+    """Launch the first lesson's lab through the API and wait (up to 180 s) until it is ready
+    with every node healthy; its id and snapshot."""
+    launched = client.post("/api/lessons/load-balancing/lab", headers=csrf_headers(client, base_url))
+    assert launched.status_code == 201, launched.text
+    lab_id = launched.json()["id"]
+
+    def ready_with_healthy_nodes() -> dict | None:
+        snapshot = client.get(f"/api/labs/{lab_id}/").json()
+        assert snapshot["lab"]["state"] != "failed", snapshot["lab"]["reason"]
+        states = {node["state"] for node in snapshot["nodes"]}
+        return snapshot if snapshot["lab"]["state"] == "ready" and states == {"healthy"} else None
+
+    return lab_id, wait_for(ready_with_healthy_nodes, 180, what)
+
+
+def stop_lab_until_stopped(client: httpx.Client, base_url: str, lab_id: str) -> None:
+    assert client.post(f"/api/labs/{lab_id}/stop", headers=csrf_headers(client, base_url)).status_code == 202
+    wait_for(lambda: client.get(f"/api/labs/{lab_id}/").json()["lab"]["state"] == "stopped", 60, "lab stopped")
+
+
+def csrf_headers(client: httpx.Client, base_url: str) -> dict[str, str]:
+    return {"X-CSRFToken": client.cookies["csrftoken"], "Referer": base_url}
+
+
 def processes_of(root: int) -> dict[int, tuple[int, str]]:
     """Every live process under `root` (a `make run` started in a session of its own): pid ->
     (parent pid, command line). That is its descendants (whatever their process group or session)

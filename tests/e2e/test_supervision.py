@@ -11,7 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import MakeRun, processes_of, start_make_run, wait_for
+from tests.e2e.conftest import (
+    MakeRun,
+    launch_first_lab_until_ready,
+    log_in_as_learner,
+    processes_of,
+    start_make_run,
+    stop_lab_until_stopped,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.smoke, pytest.mark.docker]
 
@@ -68,13 +76,6 @@ def kill_and_wait_for_a_new_one(run: MakeRun, name: str) -> float:
     return time.monotonic() - killed_at
 
 
-def logged_in(client: httpx.Client) -> None:
-    login_page = client.get("/accounts/login/")
-    token = login_page.text.split('name="csrfmiddlewaretoken" value="')[1].split('"')[0]
-    form = {"username": "learner", "password": "stacklab-demo", "csrfmiddlewaretoken": token}
-    assert "Backend architecture, hands-on" in client.post("/accounts/login/", data=form).text
-
-
 def test_a_killed_worker_watcher_beat_and_web_come_back_and_a_lab_still_launches(tmp_path: Path) -> None:
     with start_make_run(tmp_path / "make-run.log", "sup") as run:
         # Each killed in turn; the worker's and watcher's successors then launch a lab to ready
@@ -92,21 +93,11 @@ def test_a_killed_worker_watcher_beat_and_web_come_back_and_a_lab_still_launches
         assert {name: len(pids) for name, pids in supervised(run).items()} == dict.fromkeys(COMMAND_MARKS, 1)
 
         with httpx.Client(base_url=run.url, follow_redirects=True, timeout=30) as client:
-            logged_in(client)
-            headers = {"X-CSRFToken": client.cookies["csrftoken"], "Referer": run.url}
-            launched = client.post("/api/lessons/load-balancing/lab", headers=headers)
-            assert launched.status_code == 201, launched.text
-            lab_id = launched.json()["id"]
-
-            def ready_with_healthy_nodes() -> dict | None:
-                snapshot = client.get(f"/api/labs/{lab_id}/").json()
-                assert snapshot["lab"]["state"] != "failed", snapshot["lab"]["reason"]
-                states = {node["state"] for node in snapshot["nodes"]}
-                return snapshot if snapshot["lab"]["state"] == "ready" and states == {"healthy"} else None
-
-            wait_for(ready_with_healthy_nodes, 180, "a ready lab with healthy nodes from the new worker and watcher")
-            assert client.post(f"/api/labs/{lab_id}/stop", headers=headers).status_code == 202
-            wait_for(lambda: client.get(f"/api/labs/{lab_id}/").json()["lab"]["state"] == "stopped", 60, "stopped")
+            assert "Backend architecture, hands-on" in log_in_as_learner(client)
+            lab_id, _ = launch_first_lab_until_ready(
+                client, run.url, "a ready lab with healthy nodes from the new worker and watcher"
+            )
+            stop_lab_until_stopped(client, run.url, lab_id)
 
 
 @pytest.mark.parametrize(

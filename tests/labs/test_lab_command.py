@@ -71,3 +71,13 @@ def test_a_lab_whose_solution_does_not_fix_it_fails(engine, tmp_path: Path, sett
     assert "every objective should be met" in err.getvalue()
     assert "  teardown   ok" in out.getvalue()
     assert "FAIL scaling-load-balancer" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lab_test_on_a_database_not_migrated_says_to_migrate_and_starts_nothing() -> None:
+    call_command("migrate", "sandbox", "0004", verbosity=0)
+    try:
+        with pytest.raises(CommandError, match=r"needs a migrated database: run `manage.py migrate` first"):
+            run("test", "scaling-load-balancer")
+    finally:
+        call_command("migrate", verbosity=0)

@@ -1,10 +1,12 @@
 """Lab isolation on the real engine: with the platform's firewall rules in place, a node reaches
 neither a service the host binds on all interfaces (through its gateway or any other host
 address) nor another lab, while the nodes of one lab still talk to each other; a node with
-NET_RAW that forges its source address reaches the host no better. Opening only this test's own
-listener to only this test's lab lets the same traffic through (the probes do reach the host
-when nothing drops them). A rule deleted by hand is reported and put back without duplicates,
-shown on a throwaway pool's rules, so the host's own rules never leave a hole while we look."""
+NET_RAW that forges its source address reaches the host no better, nor one that writes raw
+Ethernet frames carrying IPv6 to its bridge (the host has a link-local address on every
+bridge). Opening only this test's own listener to only this test's lab lets the same traffic
+through (the probes do reach the host when nothing drops them). A rule deleted by hand is
+reported and put back without duplicates, shown on a throwaway pool's rules, so the host's own
+rules never leave a hole while we look."""
 
 from __future__ import annotations
 
@@ -116,9 +118,15 @@ def probe(engine: Engine, lab: str, node: str, urls: list[str]) -> dict[str, obj
 
 
 def docker_user_and_input() -> str:
+    """Every chain our rules live in, each line as `iptables -S` / `ip6tables -S` prints it, after
+    the command's name."""
+    chains = [("iptables", "INPUT"), ("iptables", "DOCKER-USER"), ("ip6tables", "INPUT"), ("ip6tables", "FORWARD")]
     return "".join(
-        subprocess.run(["iptables", "-w", "-S", chain], capture_output=True, text=True, check=True).stdout
-        for chain in ("INPUT", "DOCKER-USER")
+        f"{command} {line}\n"
+        for command, chain in chains
+        for line in subprocess.run(
+            [command, "-w", "-S", chain], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
     )
 
 
@@ -197,11 +205,11 @@ def received(listener: socket.socket, payload: bytes, within: float = 2.0) -> st
     while (left := deadline - time.monotonic()) > 0:
         listener.settimeout(left)
         try:
-            data, (source, _) = listener.recvfrom(2048)
+            data, address = listener.recvfrom(2048)  # IPv6 adds flow info and scope
         except TimeoutError:
             return None
         if data == payload:
-            return source
+            return address[0]
     return None
 
 
@@ -262,11 +270,16 @@ def test_a_rule_deleted_by_hand_is_reported_and_put_back_once() -> None:
         assert isolation.apply_isolation(settings.LAB_SUBNET_POOL).is_enforced
         assert isolation.check_isolation(THROWAWAY_POOL).is_enforced
 
-        gone = next(rule for rule in isolation.desired_rules(THROWAWAY_POOL) if rule.chain == "DOCKER-USER")
+        rules = isolation.desired_rules(THROWAWAY_POOL)
+        gone = [
+            next(rule for rule in rules if rule.chain == "DOCKER-USER"),
+            next(rule for rule in rules if rule.family == isolation.IPV6),
+        ]
         with isolation.applier_lock():
-            subprocess.run(["iptables", "-w", "-D", gone.chain, *gone.spec], check=True)
+            for rule in gone:
+                subprocess.run([rule.command, "-w", "-D", rule.chain, *rule.spec], check=True)
         check = isolation.check_isolation(THROWAWAY_POOL)
-        assert [s.state for s in check.rules if s.rule == gone] == ["missing"]
+        assert [s.state for s in check.rules if s.rule in gone] == ["missing", "missing"]
         assert not check.is_enforced
 
         assert isolation.apply_isolation(THROWAWAY_POOL).is_enforced
@@ -274,7 +287,111 @@ def test_a_rule_deleted_by_hand_is_reported_and_put_back_once() -> None:
         assert isolation.apply_isolation(THROWAWAY_POOL).is_enforced
         assert docker_user_and_input() == applied
         for rule in isolation.desired_rules(THROWAWAY_POOL):
-            assert sum(1 for line in applied.splitlines() if shlex.split(line)[2:] == list(rule.spec)) == 1, applied
+            where = [rule.command, "-A", rule.chain, *rule.spec]
+            assert sum(1 for line in applied.splitlines() if shlex.split(line) == where) == 1, applied
     finally:
         isolation.remove_isolation(THROWAWAY_POOL)
     assert THROWAWAY_POOL not in docker_user_and_input()
+
+
+# Sends one IPv6 UDP datagram from inside a node as a raw Ethernet frame (AF_PACKET, needs
+# NET_RAW and root in the node, which specs allow). The node's own IPv6 is off, but the frame
+# goes to the bridge's MAC all the same, and the host has a link-local address on the bridge.
+RAW_IPV6 = """
+import socket, struct, sys
+bridge_mac, source, target, port, payload = sys.argv[1:5] + [sys.argv[5].encode()]
+src, dst = socket.inet_pton(socket.AF_INET6, source), socket.inet_pton(socket.AF_INET6, target)
+length = 8 + len(payload)
+def fold(data):
+    data += b"\\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+udp = struct.pack("!HHHH", 40000, int(port), length, 0) + payload
+pseudo = src + dst + struct.pack("!I3xB", length, socket.IPPROTO_UDP)
+checksum = (~fold(pseudo + udp)) & 0xFFFF or 0xFFFF
+udp = udp[:6] + struct.pack("!H", checksum) + udp[8:]
+ipv6 = struct.pack("!IHBB", 6 << 28, length, socket.IPPROTO_UDP, 64) + src + dst
+sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+sender.bind(("eth0", 0))
+own_mac = sender.getsockname()[4]
+frame = bytes.fromhex(bridge_mac.replace(":", "")) + own_mac + struct.pack("!H", 0x86DD) + ipv6 + udp
+for _ in range(3):
+    sender.send(frame)
+"""
+FORGED_V6 = "fe80::dead:beef"  # a made-up link-local source
+
+
+def bridge_link_local(bridge: str) -> str | None:
+    """The host's link-local address on a lab bridge, once usable (past duplicate detection)."""
+    listed = json.loads(
+        subprocess.run(["ip", "-j", "-6", "addr", "show", "dev", bridge], capture_output=True, check=True).stdout
+    )
+    for info in (a for link in listed for a in link.get("addr_info", [])):
+        if info.get("scope") == "link" and not info.get("tentative"):
+            return info["local"]
+    return None
+
+
+@contextmanager
+def opened6(spec: list[str]) -> Iterator[None]:
+    """A narrow ACCEPT at the top of ip6tables INPUT, for as long as the block runs."""
+    subprocess.run(["ip6tables", "-w", "-I", "INPUT", "1", *spec], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip6tables", "-w", "-D", "INPUT", *spec], check=True)
+
+
+def test_a_node_that_sends_raw_ipv6_frames_reaches_nothing_on_the_host(engine: Engine) -> None:
+    report = isolation.apply_isolation(settings.LAB_SUBNET_POOL)
+    assert report.is_enforced, report.summary()
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    listener.bind(("::", 0))  # a host service on every interface, IPv6 included
+    port = listener.getsockname()[1]
+    lab = f"iso{uuid.uuid4().hex[:6]}"
+    try:
+        network = engine.create_network(lab, 0)
+        package = load_lab(LAB)
+        engine.start_node(
+            NodeRun(
+                lab=lab,
+                owner=0,
+                name="app-1",
+                group="app",
+                image=engine.ensure_image(package.build_context(package.spec.node("app"))),
+                ip=network.address(10),
+                user="0",  # a named image running as root, as specs allow
+                cap_add=["NET_RAW"],
+            ),
+            network,
+        )
+        bridge = engine.bridge_name(lab)
+        with open(f"/sys/class/net/{bridge}/address") as file:
+            bridge_mac = file.read().strip()
+        # The bridge's link-local address takes packets once duplicate detection is done (~1-2 s).
+        deadline = time.monotonic() + 15
+        while (target := bridge_link_local(bridge)) is None:
+            assert time.monotonic() < deadline, f"{bridge} has no usable IPv6 link-local address"
+            time.sleep(0.1)
+
+        def send(payload: bytes) -> None:
+            args = [bridge_mac, FORGED_V6, target, str(port), payload.decode()]
+            result = engine.exec(lab, "app-1", ["python3", "-c", RAW_IPV6, *args], timeout=30)
+            assert result.exit_code == 0, result.output
+
+        # Only this lab's bridge, only this listener: the frame arrives, so it is sent and well formed.
+        with (
+            isolation.applier_lock(),
+            opened6(["-i", bridge, "-p", "udp", "--dport", str(port), "-j", "ACCEPT"]),
+        ):
+            send(b"opened")
+            assert received(listener, b"opened") == FORGED_V6
+        # With only the platform's rules, the same frame is dropped: it arrives on a lab bridge.
+        send(b"closed")
+        assert received(listener, b"closed") is None, "a raw IPv6 frame from a lab node reached the host"
+    finally:
+        listener.close()
+        isolation.apply_isolation(settings.LAB_SUBNET_POOL)
+        engine.remove_lab(lab)

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from sandbox import isolation, lifecycle
-from sandbox.isolation import MISPLACED, MISSING, OTHER, PRESENT, STALE, CommandResult
+from sandbox.isolation import IPV4, IPV6, MISPLACED, MISSING, OTHER, PRESENT, STALE, CommandResult
 from sandbox.isolation import run_command as real_run_command  # before the autouse fixture swaps it
 from sandbox.models import Lab
 from tests.conftest import FakeEngine
@@ -22,15 +22,25 @@ DENIED = "iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: P
 
 
 class FakeFirewall:
-    """`iptables -w -S/-I/-D/-N` over chains held in memory, printed the way iptables prints them."""
+    """`iptables -w -S/-I/-D/-N` (and the same of `ip6tables`) over chains held in memory, printed
+    the way iptables prints them. By default dockerd manages iptables only, as it does out of the box."""
 
-    def __init__(self, denied: bool = False, docker_user: bool = True, jump_gaps: int = 0) -> None:
+    def __init__(
+        self, denied: bool = False, docker_user: bool = True, jump_gaps: int = 0, docker_ipv6: bool = False
+    ) -> None:
         self.chains: dict[str, list[tuple[str, ...]]] = {
             "INPUT": [("-i", "lo", "-j", "ACCEPT")],  # an admin's rule
             "FORWARD": [("-j", "DOCKER-USER"), ("-j", "DOCKER-ISOLATION-STAGE-1")],
         }
         if docker_user:
             self.chains["DOCKER-USER"] = [("-j", "RETURN")]
+        self.chains6: dict[str, list[tuple[str, ...]]] = {
+            "INPUT": [("-i", "lo", "-j", "ACCEPT")],
+            "FORWARD": [("-o", "eth0", "-j", "ACCEPT")],  # an admin's rule
+        }
+        if docker_ipv6:  # dockerd with "ip6tables": true
+            self.chains6["FORWARD"].insert(0, ("-j", "DOCKER-USER"))
+            self.chains6["DOCKER-USER"] = [("-j", "RETURN")]
         self.denied = denied
         # How many reads of FORWARD still miss Docker's jump, as while `docker network create`
         # deletes and re-inserts it.
@@ -46,19 +56,20 @@ class FakeFirewall:
         self.commands.append(argv)
         if self.denied:
             return CommandResult(4, "", DENIED)
-        assert argv[:2] == ["iptables", "-w"], argv
+        assert argv[0] in {"iptables", "ip6tables"} and argv[1] == "-w", argv
+        chains = self.chains if argv[0] == "iptables" else self.chains6
         op, chain, rest = argv[2], argv[3], tuple(argv[4:])
         if op == "-N":
-            self.chains[chain] = []
+            chains[chain] = []
             return CommandResult(0, "", "")
-        if chain not in self.chains:
+        if chain not in chains:
             return CommandResult(
-                1, "", f"iptables v1.8.9 (nf_tables): chain `{chain}' in table `filter' is incompatible\n"
+                1, "", f"{argv[0]} v1.8.9 (nf_tables): chain `{chain}' in table `filter' is incompatible\n"
             )
-        rules = self.chains[chain]
+        rules = chains[chain]
         if op == "-S":
             head = f"-P {chain} ACCEPT" if chain in {"INPUT", "FORWARD"} else f"-N {chain}"
-            if chain == "FORWARD" and self.jump_gaps > 0:
+            if chain == "FORWARD" and chains is self.chains and self.jump_gaps > 0:
                 self.jump_gaps -= 1
                 rules = [r for r in rules if r != ("-j", "DOCKER-USER")]
             # As iptables prints them: a comment with ":" or "/" in double quotes.
@@ -77,20 +88,29 @@ class FakeFirewall:
         raise AssertionError(f"unexpected command {argv}")
 
 
-def specs(pool: str, chain: str) -> list[tuple[str, ...]]:
-    return [rule.spec for rule in isolation.desired_rules(pool) if rule.chain == chain]
+def specs(pool: str, chain: str, family: str = IPV4, ipv6_forward: str = "FORWARD") -> list[tuple[str, ...]]:
+    return [r.spec for r in isolation.desired_rules(pool, ipv6_forward) if (r.family, r.chain) == (family, chain)]
+
+
+def v4(states: list[isolation.RuleState], chain: str) -> list[str]:
+    """The states of the IPv4 rules of one chain, in report order."""
+    return [s.state for s in states if (s.rule.family, s.rule.chain) == (IPV4, chain)]
 
 
 def test_applying_puts_each_rule_on_top_of_its_chain_and_keeps_everyone_elses() -> None:
     firewall = FakeFirewall()
     report = isolation.apply_isolation(POOL, run=firewall)
     assert report.is_enforced, report.summary()
-    assert [s.state for s in report.rules] == [PRESENT] * 6
+    assert [s.state for s in report.rules] == [PRESENT] * 9
     assert sorted(firewall.chains["INPUT"][:2]) == sorted(specs(POOL, "INPUT"))
     assert firewall.chains["INPUT"][2:] == [("-i", "lo", "-j", "ACCEPT")]
     assert sorted(firewall.chains["DOCKER-USER"][:4]) == sorted(specs(POOL, "DOCKER-USER"))
     assert firewall.chains["DOCKER-USER"][4:] == [("-j", "RETURN")]
     assert firewall.chains["FORWARD"] == [("-j", "DOCKER-USER"), ("-j", "DOCKER-ISOLATION-STAGE-1")]
+    # IPv6: dockerd left ip6tables alone, so the routed rules lead FORWARD itself.
+    assert firewall.chains6["INPUT"] == [*specs(POOL, "INPUT", IPV6), ("-i", "lo", "-j", "ACCEPT")]
+    assert sorted(firewall.chains6["FORWARD"][:2]) == sorted(specs(POOL, "FORWARD", IPV6))
+    assert firewall.chains6["FORWARD"][2:] == [("-o", "eth0", "-j", "ACCEPT")]
 
 
 def test_the_rules_drop_lab_traffic_to_the_host_and_other_networks_but_not_inside_a_lab() -> None:
@@ -105,6 +125,11 @@ def test_the_rules_drop_lab_traffic_to_the_host_and_other_networks_but_not_insid
         f"-A DOCKER-USER -o sl-+ -m physdev ! --physdev-is-bridged {mark}",
         f"-A DOCKER-USER -s 10.213.0.0/16 -m physdev ! --physdev-is-bridged {mark}",
         f"-A DOCKER-USER -d 10.213.0.0/16 -m physdev ! --physdev-is-bridged {mark}",
+        # IPv6, which labs do not use but a node with NET_RAW can send in raw frames: whatever
+        # arrives on a lab bridge, and whatever is routed into or out of one.
+        f"ip6tables -A INPUT -i sl-+ {mark}",
+        f"ip6tables -A FORWARD -i sl-+ -m physdev ! --physdev-is-bridged {mark}",
+        f"ip6tables -A FORWARD -o sl-+ -m physdev ! --physdev-is-bridged {mark}",
     ]
 
 
@@ -139,7 +164,7 @@ def test_a_rule_behind_someone_elses_is_misplaced_and_moved_to_the_top() -> None
     # Appended after Docker's RETURN, as `iptables -A DOCKER-USER` would: never reached.
     firewall.chains["DOCKER-USER"] += specs(POOL, "DOCKER-USER")
     report = isolation.check_isolation(POOL, run=firewall)
-    assert [s.state for s in report.rules if s.rule.chain == "DOCKER-USER"] == [MISPLACED] * 4
+    assert v4(report.rules, "DOCKER-USER") == [MISPLACED] * 4
     assert not report.is_enforced
 
     assert isolation.apply_isolation(POOL, run=firewall).is_enforced
@@ -174,7 +199,7 @@ def test_a_second_copy_is_reported_and_removed() -> None:
     isolation.apply_isolation(POOL, run=firewall)
     firewall.chains["INPUT"].insert(0, specs(POOL, "INPUT")[0])
     report = isolation.check_isolation(POOL, run=firewall)
-    assert [s.state for s in report.rules if s.rule.chain == "INPUT"] == [PRESENT, PRESENT, STALE]
+    assert v4(report.rules, "INPUT") == [PRESENT, PRESENT, STALE]
     assert isolation.apply_isolation(POOL, run=firewall).is_enforced
     assert sorted(firewall.chains["INPUT"][:2]) == sorted(specs(POOL, "INPUT"))
     assert firewall.chains["INPUT"][2:] == [("-i", "lo", "-j", "ACCEPT")]
@@ -188,12 +213,13 @@ def test_another_pools_rules_are_kept_until_remove_stale_and_an_admins_always() 
     others = {chain: list(rules) for chain, rules in firewall.chains.items()}
 
     report = isolation.check_isolation(POOL, run=firewall)
-    assert sorted(s.state for s in report.rules) == [MISSING] * 6 + [OTHER] * 6
+    assert sorted(s.state for s in report.rules) == [MISSING] * 9 + [OTHER] * 9
     assert "pool 10.99.0.0/16: kept" in report.rules[-1].rule.purpose
 
     assert isolation.apply_isolation(POOL, run=firewall).is_enforced
     for chain in ("INPUT", "DOCKER-USER"):
         assert firewall.chains[chain][-len(others[chain]) :] == others[chain]
+    assert len(firewall.chains6["INPUT"]) == 3  # ours, the other install's, the admin's
     assert isolation.check_isolation("10.99.0.0/16", run=firewall).is_enforced  # the other install's too
 
     assert isolation.apply_isolation(POOL, run=firewall, remove_stale=True).is_enforced
@@ -251,7 +277,7 @@ def test_our_own_pools_leftovers_are_removed_by_applying() -> None:
 def test_docker_user_is_created_when_dockerd_has_not_made_it_yet() -> None:
     firewall = FakeFirewall(docker_user=False)
     report = isolation.check_isolation(POOL, run=firewall)
-    assert [s.state for s in report.rules if s.rule.chain == "DOCKER-USER"] == [MISSING] * 4
+    assert v4(report.rules, "DOCKER-USER") == [MISSING] * 4
     assert isolation.apply_isolation(POOL, run=firewall).is_enforced
     assert sorted(firewall.chains["DOCKER-USER"]) == sorted(specs(POOL, "DOCKER-USER"))
 
@@ -294,7 +320,7 @@ def test_without_root_the_report_says_why() -> None:
         "not enforced for 10.213.0.0/16: `iptables -S INPUT` failed: iptables v1.8.9 (nf_tables): Could not fetch "
         "rule set generation id: Permission denied (you must be root)"
     )
-    assert [s.state for s in report.rules] == [MISSING] * 6
+    assert [s.state for s in report.rules] == [MISSING] * 9
     assert report.lacks_privilege
 
 
@@ -385,13 +411,16 @@ def test_lab_isolation_check_lists_each_rule_and_fails_while_one_is_missing(
     with pytest.raises(CommandError, match="lab isolation not enforced for 10.213.0.0/16: missing: -A INPUT"):
         call_command("lab_isolation", "--check")
     out = capsys.readouterr().out
-    assert [line.split()[0] for line in out.splitlines() if line.startswith("-A", 10)] == [MISSING] * 6
+    listed = [line.split()[0] for line in out.splitlines() if line[10:].startswith(("-A", "ip6tables -A"))]
+    assert listed == [MISSING] * 9
+    assert "missing   ip6tables -A INPUT -i sl-+ -m comment" in out
     assert firewall.changes() == []
 
     call_command("lab_isolation")
     out = capsys.readouterr().out
-    assert [line.split()[0] for line in out.splitlines() if line.startswith("-A", 10)] == [PRESENT] * 6
-    assert out.splitlines()[-1] == "lab isolation enforced for 10.213.0.0/16 (6 rules in place)"
+    listed = [line.split()[0] for line in out.splitlines() if line[10:].startswith(("-A", "ip6tables -A"))]
+    assert listed == [PRESENT] * 9
+    assert out.splitlines()[-1] == "lab isolation enforced for 10.213.0.0/16 (9 rules in place)"
     call_command("lab_isolation", "--check")
 
 
@@ -402,6 +431,7 @@ def test_lab_isolation_when_off_changes_nothing_and_prints_the_rules_to_apply_el
     out = capsys.readouterr().out
     assert out.startswith("lab isolation is off (STACKLAB_LAB_ISOLATION=false)")
     assert "  iptables -I INPUT 1 -i sl-+ -m conntrack '!' --ctstate RELATED,ESTABLISHED" in out
+    assert "  ip6tables -I INPUT 1 -i sl-+ -m comment --comment stacklab-lab-isolation:10.213.0.0/16 -j DROP" in out
 
 
 def test_a_worker_that_cannot_isolate_labs_says_so_in_one_line(
@@ -465,3 +495,65 @@ def test_beat_puts_back_a_rule_that_went_missing_while_labs_run(
     tasks.keep_lab_isolation()  # nothing missing: nothing changed, nothing said
     assert firewall.changes() == []
     assert caplog.records == []
+
+
+def test_a_deleted_ipv6_rule_is_reported_missing_and_only_it_is_put_back() -> None:
+    firewall = FakeFirewall()
+    isolation.apply_isolation(POOL, run=firewall)
+    gone = specs(POOL, "INPUT", IPV6)[0]
+    firewall.chains6["INPUT"].remove(gone)
+
+    report = isolation.check_isolation(POOL, run=firewall)
+    assert not report.is_enforced
+    assert [(s.rule.family, s.rule.spec, s.state) for s in report.rules if s.state != PRESENT] == [
+        (IPV6, gone, MISSING)
+    ]
+    assert "missing: ip6tables -A INPUT -i sl-+" in report.summary()
+
+    firewall.commands.clear()
+    assert isolation.apply_isolation(POOL, run=firewall).is_enforced
+    assert firewall.changes() == [["ip6tables", "-w", "-I", "INPUT", "1", *gone]]
+    firewall.commands.clear()
+    assert isolation.apply_isolation(POOL, run=firewall).is_enforced
+    assert firewall.changes() == []
+
+
+def test_ipv6_rules_behind_someone_elses_are_moved_to_the_top() -> None:
+    firewall = FakeFirewall()
+    firewall.chains6["FORWARD"] += specs(POOL, "FORWARD", IPV6)  # after the admin's ACCEPT: never reached
+    report = isolation.check_isolation(POOL, run=firewall)
+    assert [s.state for s in report.rules if (s.rule.family, s.rule.chain) == (IPV6, "FORWARD")] == [MISPLACED] * 2
+    assert isolation.apply_isolation(POOL, run=firewall).is_enforced
+    assert sorted(firewall.chains6["FORWARD"][:2]) == sorted(specs(POOL, "FORWARD", IPV6))
+    assert firewall.chains6["FORWARD"][2:] == [("-o", "eth0", "-j", "ACCEPT")]
+
+
+def test_when_dockerd_manages_ip6tables_the_routed_ipv6_rules_go_in_its_docker_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    firewall = FakeFirewall(docker_ipv6=True)
+    left = specs(POOL, "FORWARD", IPV6)[0]
+    firewall.chains6["FORWARD"].insert(0, left)  # ours, from before dockerd took IPv6 over
+    assert isolation.apply_isolation(POOL, run=firewall).is_enforced
+    assert sorted(firewall.chains6["DOCKER-USER"][:2]) == sorted(specs(POOL, "DOCKER-USER", IPV6, "DOCKER-USER"))
+    assert firewall.chains6["DOCKER-USER"][2:] == [("-j", "RETURN")]
+    assert firewall.chains6["FORWARD"] == [("-j", "DOCKER-USER"), ("-o", "eth0", "-j", "ACCEPT")]
+
+    # Docker's jump is what makes them count, as for IPv4.
+    monkeypatch.setattr(isolation, "JUMP_GRACE", 0.3)
+    firewall.chains6["FORWARD"].remove(("-j", "DOCKER-USER"))
+    report = isolation.check_isolation(POOL, run=firewall)
+    assert not report.is_enforced
+    assert "FORWARD does not jump to DOCKER-USER" in report.summary()
+
+
+def test_without_ip6tables_the_report_says_it_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(isolation, "IP6TABLES", "stacklab-no-such-ip6tables")
+    firewall = FakeFirewall()
+
+    def iptables_only(argv: Sequence[str]) -> CommandResult:
+        return firewall(argv) if argv[0] == "iptables" else real_run_command(argv)
+
+    report = isolation.apply_isolation(POOL, run=iptables_only)
+    assert report.problem == "stacklab-no-such-ip6tables is not installed on this host"
+    assert not report.is_enforced

@@ -37,7 +37,7 @@ class Command(BaseCommand):
                 f"host must keep {pool} off its services and off other networks itself; these are the rules:"
             )
             for rule in isolation.desired_rules(pool):
-                self.stdout.write("  " + shlex.join(["iptables", "-I", rule.chain, "1", *rule.spec]))
+                self.stdout.write("  " + shlex.join([rule.command, "-I", rule.chain, "1", *rule.spec]))
             return
         if options["check"] and options["remove_stale"]:
             raise CommandError("--check changes nothing; --remove-stale removes rules: choose one")
