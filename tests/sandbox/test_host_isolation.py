@@ -96,6 +96,27 @@ def start_app(engine: Engine, lab: str, network: Network, name: str, index: int)
     )
 
 
+def start_raw_sender(engine: Engine, lab: str) -> Network:
+    """A lab network with app-1 running as root with NET_RAW, as specs allow a named image to:
+    a node that can write any packet it likes."""
+    network = engine.create_network(lab, 0)
+    package = load_lab(LAB)
+    engine.start_node(
+        NodeRun(
+            lab=lab,
+            owner=0,
+            name="app-1",
+            group="app",
+            image=engine.ensure_image(package.build_context(package.spec.node("app"))),
+            ip=network.address(10),
+            user="0",
+            cap_add=["NET_RAW"],
+        ),
+        network,
+    )
+    return network
+
+
 def wait_healthy(engine: Engine, labs: dict[str, set[str]], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -221,21 +242,7 @@ def test_a_node_that_forges_its_source_address_still_reaches_nothing_on_the_host
     port = listener.getsockname()[1]
     lab = f"iso{uuid.uuid4().hex[:6]}"
     try:
-        network = engine.create_network(lab, 0)
-        package = load_lab(LAB)
-        engine.start_node(
-            NodeRun(
-                lab=lab,
-                owner=0,
-                name="app-1",
-                group="app",
-                image=engine.ensure_image(package.build_context(package.spec.node("app"))),
-                ip=network.address(10),
-                user="0",  # a named image running as root, as specs allow
-                cap_add=["NET_RAW"],
-            ),
-            network,
-        )
+        network = start_raw_sender(engine, lab)
 
         def forge(payload: bytes) -> None:
             args = [FORGED, network.gateway, str(port), payload.decode()]
@@ -352,21 +359,7 @@ def test_a_node_that_sends_raw_ipv6_frames_reaches_nothing_on_the_host(engine: E
     port = listener.getsockname()[1]
     lab = f"iso{uuid.uuid4().hex[:6]}"
     try:
-        network = engine.create_network(lab, 0)
-        package = load_lab(LAB)
-        engine.start_node(
-            NodeRun(
-                lab=lab,
-                owner=0,
-                name="app-1",
-                group="app",
-                image=engine.ensure_image(package.build_context(package.spec.node("app"))),
-                ip=network.address(10),
-                user="0",  # a named image running as root, as specs allow
-                cap_add=["NET_RAW"],
-            ),
-            network,
-        )
+        start_raw_sender(engine, lab)
         bridge = engine.bridge_name(lab)
         with open(f"/sys/class/net/{bridge}/address") as file:
             bridge_mac = file.read().strip()

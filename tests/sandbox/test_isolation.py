@@ -88,6 +88,15 @@ class FakeFirewall:
         raise AssertionError(f"unexpected command {argv}")
 
 
+@pytest.fixture
+def firewall(settings, monkeypatch: pytest.MonkeyPatch) -> FakeFirewall:  # noqa: ANN001
+    """The host's firewall as the platform's own code sees it, with isolation on."""
+    settings.LAB_ISOLATION = True
+    fake = FakeFirewall()
+    monkeypatch.setattr(isolation, "run_command", fake)
+    return fake
+
+
 def specs(pool: str, chain: str, family: str = IPV4, ipv6_forward: str = "FORWARD") -> list[tuple[str, ...]]:
     return [r.spec for r in isolation.desired_rules(pool, ipv6_forward) if (r.family, r.chain) == (family, chain)]
 
@@ -228,13 +237,9 @@ def test_another_pools_rules_are_kept_until_remove_stale_and_an_admins_always() 
 
 
 def test_rules_of_the_first_format_are_other_and_go_only_with_remove_stale(
-    settings,  # noqa: ANN001
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    firewall: FakeFirewall,
 ) -> None:
-    settings.LAB_ISOLATION = True
-    firewall = FakeFirewall()
-    monkeypatch.setattr(isolation, "run_command", firewall)
     first = (
         "-s",
         POOL,
@@ -386,12 +391,8 @@ def test_a_lab_refused_for_another_cause_points_at_the_check(
 def test_missing_rules_are_put_back_before_a_lab_starts(
     learner,  # noqa: ANN001
     fake_engine: FakeEngine,
-    settings,  # noqa: ANN001
-    monkeypatch: pytest.MonkeyPatch,
+    firewall: FakeFirewall,
 ) -> None:
-    settings.LAB_ISOLATION = True
-    firewall = FakeFirewall()
-    monkeypatch.setattr(isolation, "run_command", firewall)
     lab, _ = lifecycle.request_lab(learner, "scaling-load-balancer", "load-balancing")
     lifecycle.provision_lab(str(lab.id), engine_factory=lambda: fake_engine)
     lab.refresh_from_db()
@@ -400,14 +401,9 @@ def test_missing_rules_are_put_back_before_a_lab_starts(
 
 
 def test_lab_isolation_check_lists_each_rule_and_fails_while_one_is_missing(
-    settings,  # noqa: ANN001
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    firewall: FakeFirewall,
 ) -> None:
-    settings.LAB_ISOLATION = True
-    firewall = FakeFirewall()
-    monkeypatch.setattr(isolation, "run_command", firewall)
-
     with pytest.raises(CommandError, match="lab isolation not enforced for 10.213.0.0/16: missing: -A INPUT"):
         call_command("lab_isolation", "--check")
     out = capsys.readouterr().out
@@ -457,28 +453,21 @@ def test_a_worker_that_cannot_isolate_labs_says_so_in_one_line(
 
 
 def test_a_starting_worker_puts_the_rules_in_place(
-    settings,  # noqa: ANN001
-    monkeypatch: pytest.MonkeyPatch,
+    firewall: FakeFirewall,
 ) -> None:
     from sandbox.tasks import isolate_labs_at_start  # connected to Celery's worker_init
 
-    settings.LAB_ISOLATION = True
-    firewall = FakeFirewall()
-    monkeypatch.setattr(isolation, "run_command", firewall)
     isolate_labs_at_start()
     assert isolation.check_isolation(POOL, run=firewall).is_enforced
 
 
 def test_beat_puts_back_a_rule_that_went_missing_while_labs_run(
     settings,  # noqa: ANN001
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    firewall: FakeFirewall,
 ) -> None:
     from sandbox import tasks
 
-    settings.LAB_ISOLATION = True
-    firewall = FakeFirewall()
-    monkeypatch.setattr(isolation, "run_command", firewall)
     isolation.apply_isolation(POOL, run=firewall)
     firewall.chains["INPUT"].remove(specs(POOL, "INPUT")[0])  # a firewall reload, say
 
